@@ -1,0 +1,176 @@
+"""Tiny, randomly initialised diffusers pipelines built in code, for offline use and tests.
+
+They follow the diffusers "dummy components" recipe (a UNet of a few channels, 2-layer-ish CLIP
+encoders) but keep the real architecture shapes that matter to Studio: SDXL has two CLIP text
+encoders with `text_time` add-embeds, both families have a VAE with scale factor 8. The CLIP
+tokenizers are built here from the byte-level alphabet, so nothing comes from the Hub.
+
+The pipelines are written with `save_pretrained` once and then loaded with `from_pretrained`,
+exactly like a model downloaded from the Hub. Their images are noise-like and carry no meaning.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+TINY_FORMAT_VERSION = 1  # bump when the construction below changes, so caches are rebuilt
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+TEXT_HIDDEN = 32  # hidden size of each tiny CLIP encoder
+
+
+def build_clip_tokenizer():
+    """A CLIP BPE tokenizer over the 256 byte symbols with no merges (one token per character)."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    alphabet = sorted(ByteLevel.alphabet())
+    # CLIP's vocab: every byte symbol, then the same with the end-of-word marker, then specials.
+    symbols = alphabet + [s + "</w>" for s in alphabet] + [BOS, EOS]
+    vocab = {s: i for i, s in enumerate(symbols)}
+    return CLIPTokenizer(vocab=vocab, merges=[], bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=EOS,
+        model_max_length=77,
+    )
+
+
+def _clip_config(tokenizer, projection_dim: int = TEXT_HIDDEN):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=3,
+        max_position_embeddings=77,
+        projection_dim=projection_dim,
+        hidden_act="gelu",
+    )
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    # Four blocks => 3 downsamplings => vae_scale_factor 8, as in SD1.5 and SDXL.
+    return AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        sample_size=64,
+    )
+
+
+def _scheduler():
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        steps_offset=1, timestep_spacing="leading",
+    )
+
+
+def _unet(cross_attention_dim: int, sdxl: bool):
+    from diffusers import UNet2DConditionModel
+
+    extra = {}
+    if sdxl:
+        # text_time add-embeds: 6 micro-conditioning numbers x 8 Fourier dims + pooled text (32).
+        extra = dict(
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + TEXT_HIDDEN,
+            transformer_layers_per_block=(1, 1),
+            use_linear_projection=True,
+        )
+    return UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        cross_attention_dim=cross_attention_dim,
+        **extra,
+    )
+
+
+def build_tiny_sdxl():
+    """A StableDiffusionXLPipeline with random weights (seeded, so always the same)."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    tokenizer = build_clip_tokenizer()
+    config = _clip_config(tokenizer)
+    components = dict(
+        unet=_unet(cross_attention_dim=2 * TEXT_HIDDEN, sdxl=True),  # both encoders concatenated
+        vae=_vae(),
+        scheduler=_scheduler(),
+        text_encoder=CLIPTextModel(config),
+        text_encoder_2=CLIPTextModelWithProjection(config),
+        tokenizer=tokenizer,
+        tokenizer_2=build_clip_tokenizer(),
+    )
+    return StableDiffusionXLPipeline(**components, force_zeros_for_empty_prompt=True)
+
+
+def build_tiny_sd15():
+    """A StableDiffusionPipeline with random weights (seeded) and no safety checker."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    tokenizer = build_clip_tokenizer()
+    return StableDiffusionPipeline(
+        unet=_unet(cross_attention_dim=TEXT_HIDDEN, sdxl=False),
+        vae=_vae(),
+        scheduler=_scheduler(),
+        text_encoder=CLIPTextModel(_clip_config(tokenizer)),
+        tokenizer=tokenizer,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+BUILDERS = {"tiny-sdxl": build_tiny_sdxl, "tiny-sd15": build_tiny_sd15}
+
+
+def ensure_tiny_model(kind: str, cache_dir: Path) -> Path:
+    """Return the folder of tiny model `kind`, writing it with `save_pretrained` on first use.
+
+    The folder is written under a temporary name and renamed, so a crash never leaves a half
+    model that later loads.
+    """
+    if kind not in BUILDERS:
+        raise ValueError(f"tiny model must be one of {sorted(BUILDERS)}, got {kind!r}")
+    target = Path(cache_dir) / f"{kind}-v{TINY_FORMAT_VERSION}"
+    if (target / "model_index.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
+    try:
+        BUILDERS[kind]().save_pretrained(tmp)  # safetensors by default
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process won the race; its copy is identical
+            if not (target / "model_index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,120 @@
+"""Text-to-image: one request in, images and metadata out."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from studio.models.registry import ModelEntry
+from studio.results import Result, StepCallback, StepEvent
+from studio.schedulers import check_scheduler_name
+
+MAX_SEED = 2**32 - 1  # seeds as A1111 shows them; -1 asks for a random one
+
+
+@dataclass(frozen=True)
+class Txt2ImgRequest:
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 1024
+    height: int = 1024
+    num_inference_steps: int = 30
+    guidance_scale: float = 6.0
+    seed: int = -1
+    batch_size: int = 1
+    scheduler: str = "DPM++ 2M Karras"
+    model: str = "sdxl-base"
+
+    def validate(self, entry: ModelEntry) -> None:
+        """Raise ValueError naming the field, the expected range and the received value."""
+        for name in ("prompt", "negative_prompt", "scheduler", "model"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        lo, hi = entry.size_range
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            _check_int(name, value, lo, hi)
+            if value % 8:
+                raise ValueError(f"{name} must be a multiple of 8, got {value}")
+        _check_int("num_inference_steps", self.num_inference_steps, 1, 150)
+        _check_int("batch_size", self.batch_size, 1, 8)
+        if self.seed != -1:
+            _check_int("seed", self.seed, 0, MAX_SEED)
+        g = self.guidance_scale
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or not 0 <= g <= 30:
+            raise ValueError(f"guidance_scale must be a finite number in [0, 30], got {g!r}")
+        check_scheduler_name(self.scheduler)
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+
+
+def resolve_seed(seed: int) -> int:
+    return secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed
+
+
+def make_generators(seed: int, count: int) -> list:
+    """One CPU generator per image (image i uses seed + i), so every image can be remade alone
+    and results do not depend on the GPU's random number generator."""
+    import torch
+
+    return [torch.Generator("cpu").manual_seed((seed + i) % (MAX_SEED + 1)) for i in range(count)]
+
+
+def step_callback(on_step: StepCallback | None, total: int, state: dict):
+    """A diffusers `callback_on_step_end` that reports progress and stops when asked to."""
+
+    def callback(pipe, i, t, kwargs):
+        state["steps_done"] = i + 1
+        if on_step is not None and on_step(StepEvent(step=i + 1, total=total)):
+            pipe._interrupt = True  # diffusers skips the remaining steps and decodes
+            state["interrupted"] = i + 1 < total
+        return kwargs
+
+    return callback
+
+
+def run(request: Txt2ImgRequest, models: Any, on_step: StepCallback | None = None) -> Result:
+    """Generate `request.batch_size` images for `request` with the model manager `models`."""
+    from studio.pipelines.prompts import prompt_arguments
+    from studio.schedulers import make_scheduler
+
+    # 1. Check inputs (before anything is loaded or changed)
+    entry = models.registry.get(request.model)
+    request.validate(entry)
+    seed = resolve_seed(request.seed)
+    state = {"steps_done": 0, "interrupted": False}
+
+    with models.use(request.model, "txt2img") as pipe:
+        # 2. The sampler for this request (the manager restores the model's own afterwards)
+        pipe.scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
+        # 3. Prompts, chunked past 77 tokens
+        prompt_kwargs, prompt_info = prompt_arguments(pipe, request.prompt, request.negative_prompt)
+        # 4. Denoise and decode
+        output = pipe(
+            **prompt_kwargs,
+            width=request.width,
+            height=request.height,
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            num_images_per_prompt=request.batch_size,
+            generator=make_generators(seed, request.batch_size),
+            callback_on_step_end=step_callback(on_step, request.num_inference_steps, state),
+        )
+
+    # 5. Metadata that lets anyone remake these images
+    metadata = {
+        **asdict(request),
+        "seed": seed,
+        "seeds": [(seed + i) % (MAX_SEED + 1) for i in range(request.batch_size)],
+        "family": entry.family,
+        "repo_id": entry.repo_id,
+        **prompt_info,
+        "steps_done": state["steps_done"],
+        "interrupted": state["interrupted"],
+    }
+    return Result(images=list(output.images), seed=seed, metadata=metadata)
