@@ -29,6 +29,8 @@ class Txt2ImgRequest:
 
     def validate(self, entry: ModelEntry) -> None:
         """Raise ValueError naming the field, the expected range and the received value."""
+        if entry.role != "base":
+            raise ValueError(f"model must be a base model, got {entry.name!r} (role {entry.role!r})")
         for name in ("prompt", "negative_prompt", "scheduler", "model"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")

@@ -1,0 +1,40 @@
+"""Studio: start the Gradio app. Parses arguments, builds the model manager and the UI, launches."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Studio: image generation on diffusers.")
+    p.add_argument("--model", default=None, help="registry name of the model to start with (default: the registry's default; 'tiny' forces the built-in test model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to share on your network)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--outputs", type=Path, default=Path(os.environ.get("STUDIO_OUTPUTS", "outputs")), help="folder for generated images")
+    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("STUDIO_CACHE", Path.home() / ".cache" / "studio")), help="folder for built-in tiny models")
+    p.add_argument("--registry", type=Path, default=None, help="model registry JSON (default: presets/models.json)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from studio.models.manager import ModelManager
+    from studio.models.registry import DEFAULT_REGISTRY, load_registry
+    from studio.ui import build_app
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    registry = load_registry(args.registry or DEFAULT_REGISTRY)
+    manager = ModelManager(registry, cache_dir=args.cache_dir)
+    model, notice = manager.resolve_startup_model(args.model or registry.default)
+    outputs = args.outputs.resolve()
+    demo = build_app(manager, default_model=model, outputs_dir=outputs, notice=notice)
+    demo.queue(default_concurrency_limit=1).launch(
+        server_name=args.host, server_port=args.port, allowed_paths=[str(outputs)], show_error=True
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""The Gradio Blocks app: one builder per tab, wired to one ModelManager. No torch here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from studio.ui.jobs import StopFlags
+from studio.ui.txt2img import build_txt2img_tab
+
+GPU = "gpu"  # the one concurrency group every GPU event shares
+
+
+def build_app(manager: Any, default_model: str, outputs_dir: Path, notice: str | None = None) -> gr.Blocks:
+    with gr.Blocks(title="Studio") as demo:
+        gr.Markdown("# Studio\nImage generation on diffusers.")
+        if notice:
+            gr.Markdown(f"**Notice:** {notice}", elem_id="model-notice")
+        stops = StopFlags()
+        with gr.Tabs():
+            with gr.Tab("Text to image", id="txt2img"):
+                build_txt2img_tab(manager, default_model, Path(outputs_dir), stops)
+    return demo
