@@ -1,7 +1,10 @@
 """Aspect-ratio buckets: width x height near a family's native area, in multiples of 64.
 
-SDXL was trained on ~1 MP buckets (1024x1024, 1344x768, ...; SDXL paper, appendix), SD1.5 on
-512x512. For ratio r = w/h and area A: w = sqrt(A*r), h = sqrt(A/r), each rounded to 64.
+SDXL was trained on ~1 MP buckets (1024x1024, 1344x768, 1216x832, ...; SDXL paper, appendix),
+SD1.5 on 512x512. For ratio r and area A the ideal size is w = sqrt(A*r), h = sqrt(A/r); among
+the sizes on the 64-pixel grid we pick the one closest to it in both aspect and area
+(cost = |log(w/h / r)| + |log(w*h / A)|) without exceeding A, which reproduces SDXL's
+published buckets.
 """
 
 from __future__ import annotations
@@ -19,10 +22,24 @@ def bucket_size(ratio: str, area: int, multiple: int = 64) -> tuple[int, int]:
             raise ValueError
     except ValueError:
         raise ValueError(f"ratio must look like '16:9' with positive numbers, got {ratio!r}") from None
+    if a < b:  # portrait buckets are the landscape ones turned on their side
+        h, w = bucket_size(f"{b}:{a}", area, multiple)
+        return w, h
     r = a / b
-    w = max(multiple, round(math.sqrt(area * r) / multiple) * multiple)
-    h = max(multiple, round(math.sqrt(area / r) / multiple) * multiple)
-    return w, h
+
+    def cost(wh: tuple[int, int]) -> float:
+        w, h = wh
+        return abs(math.log(w / h / r)) + abs(math.log(w * h / area))
+
+    # Grid sizes around the ideal height, no larger than the native area (as SDXL's buckets).
+    ideal_h = math.sqrt(area / r) / multiple
+    candidates = [
+        (w_units * multiple, h_units * multiple)
+        for h_units in range(max(1, math.floor(ideal_h) - 1), math.ceil(ideal_h) + 2)
+        for w_units in {max(1, math.floor(h_units * r)), math.ceil(h_units * r)}
+        if w_units * h_units * multiple**2 <= area
+    ]
+    return min(candidates or [(multiple, multiple)], key=cost)
 
 
 def buckets(area: int, multiple: int = 64) -> dict[str, tuple[int, int]]:

@@ -22,14 +22,14 @@ def _pairs(pipe: Any) -> list[tuple[Any, Any]]:
 
 
 def count_tokens(tokenizer: Any, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False).input_ids)
+    return len(tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
 
 
 def _encode_windows(tokenizer: Any, text_encoder: Any, text: str, windows: int, device: Any, sdxl: bool):
     """Encode `text` in `windows` windows -> (hidden (1, 77*windows, d), pooled (1, p))."""
     import torch
 
-    ids = tokenizer(text, add_special_tokens=False).input_ids
+    ids = tokenizer(text, add_special_tokens=False, verbose=False).input_ids
     width = tokenizer.model_max_length - 2  # room for BOS and EOS
     hidden, pooled = [], None
     for k in range(windows):

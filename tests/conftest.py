@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny models built once per run, a manager on a fake CPU probe, a live app."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU and Hub access")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    """Folder the tiny models are written to once for the whole run."""
+    return tmp_path_factory.mktemp("tiny-models")
+
+
+@pytest.fixture(scope="session")
+def registry():
+    from studio.models.registry import load_registry
+
+    return load_registry()
+
+
+def cpu_probe():
+    from studio.models.manager import GB, DeviceInfo
+
+    return DeviceInfo("cpu", free_bytes=16 * GB, ram_bytes=16 * GB)
+
+
+@pytest.fixture
+def manager(registry, tiny_cache):
+    from studio.models.manager import ModelManager
+
+    return ModelManager(registry, cache_dir=tiny_cache, probe=cpu_probe)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(tmp: Path, tiny_cache: Path, *args: str, env: dict | None = None):
+    """Start `python app.py` on a free loopback port; returns (process, url, outputs folder)."""
+    port = free_port()
+    outputs = tmp / "outputs"
+    cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--outputs", str(outputs),
+           "--cache-dir", str(tiny_cache), *args]
+    log = open(tmp / "app.log", "w")
+    proc = subprocess.Popen(cmd, cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited early:\n{(tmp / 'app.log').read_text()}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return proc, url, outputs
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"app did not answer within 120 s:\n{(tmp / 'app.log').read_text()}")
+
+
+@pytest.fixture(scope="session")
+def app(tmp_path_factory, tiny_cache):
+    """A running Studio with the tiny model: (url, outputs folder)."""
+    proc, url, outputs = start_app(tmp_path_factory.mktemp("app"), tiny_cache, "--model", "tiny")
+    yield url, outputs
+    proc.terminate()
+    proc.wait(timeout=30)
