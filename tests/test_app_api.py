@@ -1,0 +1,81 @@
+"""The running app through its public API (gradio_client), with the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ARGS = dict(prompt="a lighthouse", negative_prompt="", width=64, height=64, num_inference_steps=2,
+            guidance_scale=5.0, seed=7, batch_size=1, scheduler="Euler")
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    from gradio_client import Client
+
+    return Client(app[0], verbose=False)
+
+
+def generate(client, **overrides):
+    gallery, seed, metadata = client.predict(**{**ARGS, **overrides}, api_name="/txt2img")
+    return [Image.open(item["image"]) for item in gallery], seed, metadata
+
+
+def test_only_txt2img_is_public(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert list(endpoints) == ["/txt2img"]
+    names = [p["parameter_name"] for p in endpoints["/txt2img"]["parameters"]]
+    assert names[:9] == list(ARGS)
+
+
+def test_generates_pngs_of_the_requested_size(client, app):
+    images, seed, metadata = generate(client, width=96, height=64, batch_size=2)
+    assert [im.size for im in images] == [(96, 64), (96, 64)]
+    assert seed == 7 and metadata["seeds"] == [7, 8] and metadata["model"] == "tiny"
+    assert all(im.format == "PNG" for im in images)
+    # What the API returns is the saved PNG, with Studio's settings inside.
+    assert json.loads(images[1].text["studio"])["seed"] == 8
+    saved = list(app[1].rglob("*-8-*.png"))
+    assert saved and np.array_equal(np.asarray(Image.open(saved[0])), np.asarray(images[1]))
+
+
+def test_same_seed_same_image_different_seed_different_image(client):
+    a, _, _ = generate(client, seed=11)
+    b, _, _ = generate(client, seed=11)
+    c, _, _ = generate(client, seed=12)
+    assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+    assert not np.array_equal(np.asarray(a[0]), np.asarray(c[0]))
+
+
+def test_random_seed_is_returned(client):
+    _, seed, metadata = generate(client, seed=-1)
+    assert isinstance(seed, int) and 0 <= seed < 2**32 and metadata["seed"] == seed
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(width=100), "width must be a multiple of 8, got 100"),
+        (dict(height=4096), "height must be an integer in [64, 512], got 4096"),
+        (dict(num_inference_steps=0), "num_inference_steps must be an integer in [1, 150], got 0"),
+        (dict(num_inference_steps=500), "num_inference_steps must be an integer in [1, 150], got 500"),
+        (dict(guidance_scale="abc"), "guidance_scale must be a finite number in [0, 30], got 'abc'"),
+        (dict(batch_size=9), "batch_size must be an integer in [1, 8], got 9"),
+        (dict(scheduler="Heun 9000"), "scheduler must be one of"),
+        (dict(model="no-such-model"), "unknown model 'no-such-model'"),
+        (dict(seed=2.5), "seed must be an integer in [0, 4294967295], got 2.5"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_saves_nothing(client, app, overrides, message):
+    from gradio_client.exceptions import AppError
+
+    before = sorted(app[1].rglob("*.png"))
+    with pytest.raises(AppError) as err:
+        generate(client, **overrides)
+    assert message in str(err.value)
+    assert sorted(app[1].rglob("*.png")) == before
+
+
