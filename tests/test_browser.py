@@ -147,3 +147,37 @@ def test_default_model_unavailable_offline_shows_tiny_notice(page, tmp_path, tin
         except Exception:
             proc.kill()
             proc.wait()
+
+
+def test_stop_ends_a_running_generation(app, page):
+    from playwright.sync_api import expect
+
+    url, _ = app
+    page.goto(url)
+    # A long job: 150 steps at 512 px takes the tiny model ~15 s on this CPU.
+    for label, value in [("Width", "512"), ("Height", "512"), ("Steps", "150")]:
+        box = page.get_by_label(f"number input for {label}")
+        box.fill(value)
+        box.press("Enter")
+    page.locator("#prompt textarea").fill("a storm over the sea")
+    page.locator("#generate").click()
+    gallery, details = page.locator("#gallery"), page.locator("#details")
+    # The progress bar counts steps; stop once it is visibly under way.
+    expect(gallery).to_contain_text(re.compile(r"\b\d+/150\b"), timeout=GENERATION_TIMEOUT_MS)
+    page.locator("#stop").click()
+
+    expect(details).to_contain_text('"interrupted": true', timeout=GENERATION_TIMEOUT_MS)
+    text = details.text_content()
+    match = re.search(r'"steps_done":\s*(\d+)', text)
+    assert match, text
+    steps_done = int(match.group(1))
+    assert 1 <= steps_done < 150, f"the job ran {steps_done} of 150 steps"
+    expect(gallery.locator("img").first).to_be_visible()  # what was made so far is shown
+
+    # The app is ready for the next job at once, which runs to the end.
+    steps = page.get_by_label("number input for Steps")
+    steps.fill("2")
+    steps.press("Enter")
+    page.locator("#generate").click()
+    expect(details).to_contain_text('"interrupted": false', timeout=GENERATION_TIMEOUT_MS)
+    expect(details).to_contain_text('"steps_done": 2')

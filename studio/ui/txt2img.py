@@ -64,9 +64,11 @@ def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops
                 seed = gr.Number(-1, label="Seed (-1: random)", precision=0)
                 batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size")
         with gr.Column(scale=3):
-            gallery = gr.Gallery(label="Images", format="png", columns=2, height="auto", elem_id="gallery")
-            used_seed = gr.Number(label="Seed used", interactive=False, precision=0)
-            metadata = gr.JSON(label="Generation details")
+            gallery = gr.Gallery(
+                label="Images", format="png", columns=2, object_fit="contain", height=560, elem_id="gallery"
+            )
+            used_seed = gr.Number(None, label="Seed used", interactive=False, precision=0)
+            metadata = gr.JSON(label="Generation details", elem_id="details")
 
     def run_txt2img(
         prompt, negative_prompt, width, height, num_inference_steps, guidance_scale, seed, batch_size,
