@@ -11,8 +11,9 @@ from pathlib import Path
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Studio: image generation on diffusers.")
     p.add_argument("--model", default=None, help="registry name of the model to start with (default: the registry's default; 'tiny' forces the built-in test model)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to share on your network)")
-    p.add_argument("--port", type=int, default=7860)
+    # Hugging Face Spaces and Docker set GRADIO_SERVER_NAME/PORT; a plain start stays on loopback.
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to listen on (0.0.0.0 to share on your network)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--outputs", type=Path, default=Path(os.environ.get("STUDIO_OUTPUTS", "outputs")), help="folder for generated images")
     p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("STUDIO_CACHE", Path.home() / ".cache" / "studio")), help="folder for built-in tiny models")
     p.add_argument("--registry", type=Path, default=None, help="model registry JSON (default: presets/models.json)")

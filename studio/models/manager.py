@@ -151,9 +151,9 @@ class ModelManager:
     loader: Callable[..., Any] = load_from_pretrained
     hub_check: Callable[[str], None] = hub_reachable
     budget_bytes: int | None = None  # None: derived from the probe
-    lock: threading.RLock = field(default_factory=threading.RLock)
-    _loaded: OrderedDict[str, _Loaded] = field(default_factory=OrderedDict)
-    _info: DeviceInfo | None = None
+    lock: threading.RLock = field(default_factory=threading.RLock, init=False)
+    _loaded: OrderedDict[str, _Loaded] = field(default_factory=OrderedDict, init=False)
+    _info: DeviceInfo | None = field(default=None, init=False)
 
     @property
     def device_info(self) -> DeviceInfo:
