@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import secrets
 import tempfile
@@ -12,6 +12,10 @@ from typing import Any
 
 from PIL import PngImagePlugin
 
+from studio.metadata import REQUEST_FIELDS, png_info
+from studio.pipelines.txt2img import Txt2ImgRequest
+from studio.results import Result
+
 
 def output_name(seed: int, now: datetime | None = None) -> str:
     """A file name made of the time, the seed and a random tag: never of prompt text."""
@@ -19,11 +23,9 @@ def output_name(seed: int, now: datetime | None = None) -> str:
     return f"{now:%H%M%S}-{seed}-{secrets.token_hex(3)}.png"
 
 
-def save_png(image: Any, folder: Path, name: str, metadata: dict[str, Any]) -> Path:
-    """Write `image` as folder/name atomically (temp file + rename) with a `studio` JSON chunk."""
+def save_png(image: Any, folder: Path, name: str, info: PngImagePlugin.PngInfo | None = None) -> Path:
+    """Write `image` as folder/name atomically (temp file + rename), with text chunks `info`."""
     folder.mkdir(parents=True, exist_ok=True)
-    info = PngImagePlugin.PngInfo()
-    info.add_text("studio", json.dumps(metadata, sort_keys=True))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -37,10 +39,12 @@ def save_png(image: Any, folder: Path, name: str, metadata: dict[str, Any]) -> P
     return folder / name
 
 
-def save_result_images(images: list, seeds: list[int], metadata: dict, outputs_dir: Path) -> list[Path]:
-    """Save a batch under outputs_dir/YYYY-MM-DD/, each PNG carrying its own seed."""
+def save_result_images(result: Result, request: Txt2ImgRequest, outputs_dir: Path) -> list[Path]:
+    """Save a batch under outputs_dir/YYYY-MM-DD/; each PNG carries the settings that remake it."""
     folder = Path(outputs_dir) / f"{datetime.now():%Y-%m-%d}"
+    as_run = dataclasses.replace(request, seed=result.seed)  # a random seed (-1) resolved
+    details = {k: v for k, v in result.metadata.items() if k not in REQUEST_FIELDS}
     return [
-        save_png(image, folder, output_name(seed), {**metadata, "seed": seed, "batch_index": i})
-        for i, (image, seed) in enumerate(zip(images, seeds))
+        save_png(image, folder, output_name(seed), png_info(as_run, seed, i, details))
+        for i, (image, seed) in enumerate(zip(result.images, result.metadata["seeds"]))
     ]

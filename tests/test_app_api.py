@@ -38,6 +38,7 @@ def test_generates_pngs_of_the_requested_size(client, app):
     assert all(im.format == "PNG" for im in images)
     # What the API returns is the saved PNG, with Studio's settings inside.
     assert json.loads(images[1].text["studio"])["seed"] == 8
+    assert "Seed: 8, Size: 96x64" in images[1].text["parameters"]
     saved = list(app[1].rglob("*-8-*.png"))
     assert saved and np.array_equal(np.asarray(Image.open(saved[0])), np.asarray(images[1]))
 

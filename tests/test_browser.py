@@ -117,9 +117,9 @@ def test_generate_shows_image_seed_and_saves_png(app, page, tmp_path):
     with Image.open(saved) as im:
         assert im.size == (width, height)
         meta = json.loads(im.text["studio"])
-    assert meta["prompt"] == "a lighthouse at dawn"
-    assert meta["seed"] == seed
-    assert meta["model"] == "tiny"
+    assert meta["request"]["prompt"] == "a lighthouse at dawn"
+    assert meta["seed"] == seed == meta["request"]["seed"]
+    assert meta["request"]["model"] == "tiny"
 
     assert page.page_errors == [], f"JavaScript errors on the page: {page.page_errors}"
 

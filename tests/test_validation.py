@@ -144,13 +144,15 @@ def test_registry_is_immutable(registry):
 
 
 def test_png_is_written_atomically_with_metadata(tmp_path):
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
     from studio.outputs import output_name, save_png
 
     name = output_name(42)
     assert name.endswith(".png") and "-42-" in name
-    path = save_png(Image.new("RGB", (8, 8), (255, 0, 0)), tmp_path, name, {"prompt": "../../etc/passwd"})
+    info = PngImagePlugin.PngInfo()
+    info.add_text("studio", json.dumps({"prompt": "../../etc/passwd"}))
+    path = save_png(Image.new("RGB", (8, 8), (255, 0, 0)), tmp_path, name, info)
     assert path.parent == tmp_path and [p.name for p in tmp_path.iterdir()] == [name]  # no temp left
     with Image.open(path) as img:
         assert img.format == "PNG" and json.loads(img.text["studio"])["prompt"] == "../../etc/passwd"

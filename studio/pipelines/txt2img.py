@@ -26,14 +26,25 @@ class Txt2ImgRequest:
     batch_size: int = 1
     scheduler: str = "DPM++ 2M Karras"
     model: str = "sdxl-base"
+    # A style (Fooocus-like): the prompt is put in place of {prompt}, negatives are joined.
+    style_prompt: str = "{prompt}"
+    style_negative_prompt: str = ""
+
+    def styled_prompts(self) -> tuple[str, str]:
+        """The prompt and negative prompt the model sees once the style is applied."""
+        prompt = self.style_prompt.replace("{prompt}", self.prompt)
+        negative = ", ".join(p for p in (self.style_negative_prompt, self.negative_prompt) if p)
+        return prompt, negative
 
     def validate(self, entry: ModelEntry) -> None:
         """Raise ValueError naming the field, the expected range and the received value."""
         if entry.role != "base":
             raise ValueError(f"model must be a base model, got {entry.name!r} (role {entry.role!r})")
-        for name in ("prompt", "negative_prompt", "scheduler", "model"):
+        for name in ("prompt", "negative_prompt", "scheduler", "model", "style_prompt", "style_negative_prompt"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if "{prompt}" not in self.style_prompt:
+            raise ValueError(f"style_prompt must contain the placeholder {{prompt}}, got {self.style_prompt!r}")
         lo, hi = entry.size_range
         for name in ("width", "height"):
             value = getattr(self, name)
@@ -95,7 +106,7 @@ def run(request: Txt2ImgRequest, models: Any, on_step: StepCallback | None = Non
         # 2. The sampler for this request (the manager restores the model's own afterwards)
         pipe.scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
         # 3. Prompts, chunked past 77 tokens
-        prompt_kwargs, prompt_info = prompt_arguments(pipe, request.prompt, request.negative_prompt)
+        prompt_kwargs, prompt_info = prompt_arguments(pipe, *request.styled_prompts())
         # 4. Denoise and decode
         output = pipe(
             **prompt_kwargs,
@@ -112,6 +123,8 @@ def run(request: Txt2ImgRequest, models: Any, on_step: StepCallback | None = Non
     metadata = {
         **asdict(request),
         "seed": seed,
+        "styled_prompt": request.styled_prompts()[0],
+        "styled_negative_prompt": request.styled_prompts()[1],
         "seeds": [(seed + i) % (MAX_SEED + 1) for i in range(request.batch_size)],
         "family": entry.family,
         "repo_id": entry.repo_id,

@@ -94,7 +94,7 @@ def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops
             raise gr.Error(str(exc)) from exc
         finally:
             stops.finish(session, flag)
-        paths = save_result_images(result.images, result.metadata["seeds"], result.metadata, outputs_dir)
+        paths = save_result_images(result, req, outputs_dir)
         return [str(p) for p in paths], result.seed, result.metadata
 
     # preprocess=False: raw values reach Txt2ImgRequest.validate, whose errors name the field,
