@@ -15,6 +15,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="address to listen on (0.0.0.0 to share on your network)")
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--outputs", type=Path, default=Path(os.environ.get("STUDIO_OUTPUTS", "outputs")), help="folder for generated images")
+    p.add_argument("--user-presets", type=Path, default=Path(os.environ.get("STUDIO_USER_PRESETS", "user_presets")), help="folder for presets you save or import")
     p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("STUDIO_CACHE", Path.home() / ".cache" / "studio")), help="folder for built-in tiny models")
     p.add_argument("--registry", type=Path, default=None, help="model registry JSON (default: presets/models.json)")
     return p.parse_args(argv)
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     manager = ModelManager(registry, cache_dir=args.cache_dir)
     model, notice = manager.resolve_startup_model(args.model or registry.default)
     outputs = args.outputs.resolve()
-    demo = build_app(manager, default_model=model, outputs_dir=outputs, notice=notice)
+    demo = build_app(manager, default_model=model, outputs_dir=outputs, user_presets=args.user_presets.resolve(),
+                     notice=notice)
     demo.queue(default_concurrency_limit=1).launch(
         server_name=args.host, server_port=args.port, allowed_paths=[str(outputs)], show_error=True
     )

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from studio.pipelines.txt2img import Txt2ImgRequest
+from studio.pipelines.txt2img import REQUEST_FIELDS, Txt2ImgRequest
 from studio.schedulers import SCHEDULERS
 
 STUDIO_CHUNK, A1111_CHUNK = "studio", "parameters"
 CHUNK_VERSION = 1
 MAX_CHUNK_CHARS = 1_000_000  # refuse absurd metadata instead of parsing it
-REQUEST_FIELDS = [f.name for f in fields(Txt2ImgRequest)]
 
 # "key: value" items; a value is a JSON string or runs to the next comma (A1111's re_param).
 _PARAM = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')

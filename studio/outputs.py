@@ -12,8 +12,8 @@ from typing import Any
 
 from PIL import PngImagePlugin
 
-from studio.metadata import REQUEST_FIELDS, png_info
-from studio.pipelines.txt2img import Txt2ImgRequest
+from studio.metadata import png_info
+from studio.pipelines.txt2img import REQUEST_FIELDS, Txt2ImgRequest
 from studio.results import Result
 
 

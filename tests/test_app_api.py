@@ -24,9 +24,9 @@ def generate(client, **overrides):
     return [Image.open(item["image"]) for item in gallery], seed, metadata
 
 
-def test_only_txt2img_is_public(client):
+def test_only_the_api_endpoints_are_public(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert list(endpoints) == ["/txt2img"]
+    assert sorted(endpoints) == ["/apply_preset", "/preset", "/presets", "/txt2img"]
     names = [p["parameter_name"] for p in endpoints["/txt2img"]["parameters"]]
     assert names[:9] == list(ARGS)
 

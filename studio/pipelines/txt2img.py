@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from studio.models.registry import ModelEntry
@@ -59,6 +59,9 @@ class Txt2ImgRequest:
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or not 0 <= g <= 30:
             raise ValueError(f"guidance_scale must be a finite number in [0, 30], got {g!r}")
         check_scheduler_name(self.scheduler)
+
+
+REQUEST_FIELDS = [f.name for f in fields(Txt2ImgRequest)]
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +18,29 @@ from studio.schedulers import SCHEDULERS
 from studio.ui.jobs import StopFlags
 
 CUSTOM = "Custom"
+SIZE_RANGE = (64, 2048)  # the widest any model allows; each model's own limits are validated
+
+
+@dataclass
+class Txt2ImgWidgets:
+    fields: dict[str, gr.components.Component]  # one widget per Txt2ImgRequest field, in field order
+    aspect: gr.Dropdown
+
+
+def _bucket_table(entry: ModelEntry) -> dict[str, tuple[int, int]]:
+    area = entry.defaults.width * entry.defaults.height
+    return buckets(area, multiple=64 if area >= 256 * 256 else 8)
 
 
 def bucket_choices(entry: ModelEntry) -> list[tuple[str, str]]:
     """Aspect-ratio choices sized for the model's default area, e.g. ("16:9 · 1344×768", "16:9")."""
-    area = entry.defaults.width * entry.defaults.height
-    sizes = buckets(area, multiple=64 if area >= 256 * 256 else 8)
-    return [(f"{r} · {w}×{h}", r) for r, (w, h) in sizes.items()] + [(CUSTOM, CUSTOM)]
+    return [(f"{r} · {w}×{h}", r) for r, (w, h) in _bucket_table(entry).items()] + [(CUSTOM, CUSTOM)]
 
 
-def bucket_dims(entry: ModelEntry, ratio: str) -> tuple[int, int] | None:
-    area = entry.defaults.width * entry.defaults.height
-    return None if ratio == CUSTOM else buckets(area, multiple=64 if area >= 256 * 256 else 8)[ratio]
+def aspect_for(entry: ModelEntry, width: Any, height: Any) -> gr.Dropdown:
+    """The aspect dropdown for `entry`, showing the bucket that matches width x height (or Custom)."""
+    match = [r for r, wh in _bucket_table(entry).items() if wh == (width, height)]
+    return gr.update(choices=bucket_choices(entry), value=match[0] if match else CUSTOM)
 
 
 def integral(value: Any) -> Any:
@@ -36,33 +48,43 @@ def integral(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops: StopFlags) -> None:
+def make_request(values: dict[str, Any]) -> txt2img.Txt2ImgRequest:
+    """A request from raw widget/API values (not yet validated)."""
+    v = {k: integral(x) for k, x in values.items()}
+    v["negative_prompt"] = v.get("negative_prompt") or ""
+    return txt2img.Txt2ImgRequest(**v)
+
+
+def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops: StopFlags) -> Txt2ImgWidgets:
     registry = manager.registry
     entry = registry.get(default_model)
     d = entry.defaults
-    lo, hi = entry.size_range
 
     with gr.Row():
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="A lighthouse at dawn, 35mm photo", elem_id="prompt")
-            negative_prompt = gr.Textbox(label="Negative prompt", lines=2)
+            negative_prompt = gr.Textbox(label="Negative prompt", lines=2, elem_id="negative-prompt")
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
             model = gr.Dropdown(
-                [(registry.get(n).label, n) for n in registry.names("base")], value=default_model, label="Model"
+                [(registry.get(n).label, n) for n in registry.names("base")], value=default_model, label="Model",
+                elem_id="model",
             )
             aspect = gr.Dropdown(bucket_choices(entry), value="1:1", label="Aspect ratio")
             with gr.Row():
-                width = gr.Slider(lo, hi, value=d.width, step=8, label="Width")
-                height = gr.Slider(lo, hi, value=d.height, step=8, label="Height")
+                width = gr.Slider(*SIZE_RANGE, value=d.width, step=8, label="Width", elem_id="width")
+                height = gr.Slider(*SIZE_RANGE, value=d.height, step=8, label="Height", elem_id="height")
             with gr.Row():
-                steps = gr.Slider(1, 150, value=d.num_inference_steps, step=1, label="Steps")
-                guidance = gr.Slider(0, 30, value=d.guidance_scale, step=0.5, label="Guidance scale")
+                steps = gr.Slider(1, 150, value=d.num_inference_steps, step=1, label="Steps", elem_id="steps")
+                guidance = gr.Slider(0, 30, value=d.guidance_scale, step=0.5, label="Guidance scale", elem_id="guidance")
             with gr.Row():
-                scheduler = gr.Dropdown(list(SCHEDULERS), value=d.scheduler, label="Sampler")
-                seed = gr.Number(-1, label="Seed (-1: random)", precision=0)
-                batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size")
+                scheduler = gr.Dropdown(list(SCHEDULERS), value=d.scheduler, label="Sampler", elem_id="scheduler")
+                seed = gr.Number(-1, label="Seed (-1: random)", precision=0, elem_id="seed")
+                batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="batch-size")
+            with gr.Accordion("Style", open=False):
+                style_prompt = gr.Textbox("{prompt}", label="Style prompt ({prompt} is replaced by your prompt)", elem_id="style-prompt")
+                style_negative = gr.Textbox("", label="Style negative prompt (added to yours)", elem_id="style-negative")
         with gr.Column(scale=3):
             gallery = gr.Gallery(
                 label="Images", format="png", columns=2, object_fit="contain", height=560, elem_id="gallery"
@@ -70,11 +92,23 @@ def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops
             used_seed = gr.Number(None, label="Seed used", interactive=False, precision=0)
             metadata = gr.JSON(label="Generation details", elem_id="details")
 
+    fields = dict(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
+                  num_inference_steps=steps, guidance_scale=guidance, seed=seed, batch_size=batch_size,
+                  scheduler=scheduler, model=model, style_prompt=style_prompt, style_negative_prompt=style_negative)
+    assert list(fields) == txt2img.REQUEST_FIELDS, "widgets must follow Txt2ImgRequest's fields"
+
     def run_txt2img(
         prompt, negative_prompt, width, height, num_inference_steps, guidance_scale, seed, batch_size,
-        scheduler, model=default_model, progress=gr.Progress(track_tqdm=True), request: gr.Request = None,
+        scheduler, model=default_model, style_prompt="{prompt}", style_negative_prompt="",
+        progress=gr.Progress(track_tqdm=True), request: gr.Request = None,
     ):
         """Generate images from text. Returns the images (PNG), the seed used and the settings."""
+        values = dict(
+            prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
+            batch_size=batch_size, scheduler=scheduler, model=model, style_prompt=style_prompt,
+            style_negative_prompt=style_negative_prompt,
+        )
         session = getattr(request, "session_hash", None) or "api"
         flag = stops.start(session)
 
@@ -83,12 +117,7 @@ def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops
             return flag.is_set()
 
         try:
-            req = txt2img.Txt2ImgRequest(
-                prompt=prompt, negative_prompt=negative_prompt or "", width=integral(width),
-                height=integral(height), num_inference_steps=integral(num_inference_steps),
-                guidance_scale=guidance_scale, seed=integral(seed), batch_size=integral(batch_size),
-                scheduler=scheduler, model=model,
-            )
+            req = make_request(values)
             result = txt2img.run(req, manager, on_step=on_step)
         except (ValueError, TypeError, ModelUnavailable) as exc:
             raise gr.Error(str(exc)) from exc
@@ -100,32 +129,27 @@ def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops
     # preprocess=False: raw values reach Txt2ImgRequest.validate, whose errors name the field,
     # the range and the value, also for API callers that bypass the sliders.
     generate.click(
-        run_txt2img,
-        inputs=[prompt, negative_prompt, width, height, steps, guidance, seed, batch_size, scheduler, model],
-        outputs=[gallery, used_seed, metadata],
+        run_txt2img, inputs=list(fields.values()), outputs=[gallery, used_seed, metadata],
         api_name="txt2img", concurrency_id="gpu", concurrency_limit=1, preprocess=False,
     )
+
     def stop_job(request: gr.Request) -> None:
         stops.stop(getattr(request, "session_hash", None) or "api")
 
     stop.click(stop_job, inputs=None, outputs=None, queue=False, api_visibility="private")
 
     def on_aspect(model_name: str, ratio: str):
-        dims = bucket_dims(registry.get(model_name), ratio)
+        dims = None if ratio == CUSTOM else _bucket_table(registry.get(model_name))[ratio]
         return (gr.update(), gr.update()) if dims is None else dims
 
-    aspect.change(on_aspect, [model, aspect], [width, height], api_visibility="private", queue=False)
+    # .input fires on the user's own edits only, so presets that set these widgets are not undone.
+    aspect.input(on_aspect, [model, aspect], [width, height], api_visibility="private", queue=False)
 
     def on_model(model_name: str):
-        e = registry.get(model_name)
-        lo, hi = e.size_range
-        return (
-            gr.update(choices=bucket_choices(e), value="1:1"),
-            gr.update(minimum=lo, maximum=hi, value=e.defaults.width),
-            gr.update(minimum=lo, maximum=hi, value=e.defaults.height),
-            e.defaults.num_inference_steps, e.defaults.guidance_scale, e.defaults.scheduler,
-        )
+        e = registry.get(model_name).defaults
+        return (aspect_for(registry.get(model_name), e.width, e.height), e.width, e.height,
+                e.num_inference_steps, e.guidance_scale, e.scheduler)
 
-    model.change(
-        on_model, [model], [aspect, width, height, steps, guidance, scheduler], api_visibility="private", queue=False
-    )
+    model.input(on_model, [model], [aspect, width, height, steps, guidance, scheduler],
+                api_visibility="private", queue=False)
+    return Txt2ImgWidgets(fields=fields, aspect=aspect)
