@@ -29,9 +29,6 @@ MAX_CHUNK_CHARS = 1_000_000  # refuse absurd metadata instead of parsing it
 
 # "key: value" items; a value is a JSON string or runs to the next comma (A1111's re_param).
 _PARAM = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
-# A1111 >= 1.9 writes "Sampler: DPM++ 2M, Schedule type: Karras"; older ones "DPM++ 2M Karras".
-_A1111_SAMPLERS = {"Euler": "Euler", "Euler a": "Euler a", "DPM++ 2M": "DPM++ 2M", "DDIM": "DDIM", "UniPC": "UniPC",
-                   "DPM++ 2M SDE": "DPM++ 2M SDE Karras"}
 
 
 def _quote(value: Any) -> str:
@@ -102,12 +99,13 @@ def parse_infotext(text: str) -> dict[str, Any]:
 
 
 def _scheduler_from_a1111(sampler: str, schedule: str) -> str | None:
-    if sampler in SCHEDULERS:
-        return sampler
-    base = _A1111_SAMPLERS.get(sampler)
-    if base and schedule == "Karras" and f"{base} Karras" in SCHEDULERS:
-        return f"{base} Karras"
-    return base
+    """Studio's sampler for A1111's "Sampler" (+ "Schedule type"); None when Studio has none.
+
+    A1111 >= 1.9 writes "Sampler: DPM++ 2M, Schedule type: Karras"; older ones "DPM++ 2M Karras".
+    """
+    if schedule == "Karras" and f"{sampler} Karras" in SCHEDULERS:
+        return f"{sampler} Karras"
+    return sampler if sampler in SCHEDULERS else None
 
 
 def read_png_settings(path: str) -> tuple[dict[str, Any], str]:

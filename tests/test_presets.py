@@ -1,0 +1,242 @@
+"""Presets and PNG metadata: schema, files, links, infotext, and the API endpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image, PngImagePlugin
+
+from studio import presets as P
+from studio.metadata import infotext, parse_infotext, png_info, read_png_settings
+from studio.pipelines.txt2img import Txt2ImgRequest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REQUEST = Txt2ImgRequest(prompt="a red fox, in snow: at dawn", negative_prompt="blurry,\nlow quality", width=96,
+                         height=64, num_inference_steps=3, guidance_scale=4.5, seed=1234, batch_size=2,
+                         scheduler="DPM++ 2M Karras", model="tiny", style_prompt="photo of {prompt}, 35mm",
+                         style_negative_prompt="cartoon")
+
+
+def preset_dict(**overrides):
+    d = json.loads(P.preset_json(P.preset_from_request(REQUEST, name="Fox")))
+    for path, value in overrides.items():
+        target = d
+        *parents, key = path.split(".")
+        for p in parents:
+            target = target[p]
+        target[key] = value
+    return d
+
+
+# --- round trips -------------------------------------------------------------------------------
+
+def save_with_chunks(tmp_path, request, seed, image=None) -> Path:
+    path = tmp_path / "image.png"
+    (image or Image.new("RGB", (request.width, request.height))).save(path, pnginfo=png_info(request, seed, 0, {}))
+    return path
+
+
+def test_request_png_request_is_identical(tmp_path):
+    settings, source = read_png_settings(save_with_chunks(tmp_path, REQUEST, REQUEST.seed))
+    assert source == "studio" and Txt2ImgRequest(**settings) == REQUEST
+
+
+def test_preset_round_trips(registry, tmp_path):
+    preset = P.preset_from_request(REQUEST, name="Fox", description="d", author="me")
+    path = P.save_preset(preset, tmp_path)
+    assert path == tmp_path / "Fox.json"
+    again = P.load_preset(path, registry)
+    assert again == preset and again.to_request() == REQUEST
+    assert P.preset_from_token(P.share_token(preset), registry) == preset
+
+
+def test_every_shipped_preset_is_valid(registry):
+    shipped = P.list_presets(P.SHIPPED_DIR)
+    assert len(shipped) >= 6 and "models" not in shipped
+    models = set()
+    for name, path in shipped.items():
+        preset = P.load_preset(path, registry)
+        assert preset.name == name and preset.description
+        request = preset.to_request("a test prompt")
+        request.validate(registry.get(request.model))
+        assert "a test prompt" in request.styled_prompts()[0]
+        models.add(preset.model)
+    assert {"sdxl-base", "sdxl-turbo"} <= models
+
+
+def test_every_shipped_preset_runs_with_the_tiny_model(registry, manager):
+    from studio.pipelines.txt2img import run
+
+    for path in P.list_presets(P.SHIPPED_DIR).values():
+        # Same settings on the tiny model (its size limit is 512 px): the preset's own steps,
+        # sampler, guidance, style, aspect and batch size must all be accepted and run.
+        request = P.load_preset(path, registry).to_request("a cat")
+        scale = max(request.width, request.height) / 256
+        small = dataclasses.replace(request, model="tiny", width=int(request.width / scale) // 8 * 8,
+                                    height=int(request.height / scale) // 8 * 8,
+                                    num_inference_steps=min(request.num_inference_steps, 2))
+        result = run(small, manager)
+        assert len(result.images) == request.batch_size
+        assert result.images[0].size == (small.width, small.height)
+        assert result.metadata["styled_prompt"] == request.styled_prompts()[0]
+
+
+# --- infotext ----------------------------------------------------------------------------------
+
+def test_infotext_quotes_like_a1111():
+    text = infotext(REQUEST, 1235)
+    lines = text.split("\n")
+    assert lines[0] == "photo of a red fox, in snow: at dawn, 35mm"  # what the model saw
+    assert lines[1] == "Negative prompt: cartoon, blurry,"
+    assert lines[-1] == ("Steps: 3, Sampler: DPM++ 2M Karras, CFG scale: 4.5, Seed: 1235, Size: 96x64, "
+                         "Model: tiny, Batch size: 2, Generator: Studio")
+    style = dataclasses.replace(REQUEST, model="my,model")
+    assert 'Model: "my,model"' in infotext(style, 1)
+
+
+def test_infotext_round_trip_for_shared_fields():
+    parsed = parse_infotext(infotext(REQUEST, 1234))
+    prompt, negative = REQUEST.styled_prompts()
+    assert parsed == dict(prompt=prompt, negative_prompt=negative, num_inference_steps=3, guidance_scale=4.5,
+                          seed=1234, width=96, height=64, scheduler="DPM++ 2M Karras", model="tiny", batch_size=2)
+
+
+def test_sd_parsers_reads_our_parameters(tmp_path):
+    from sd_parsers import ParserManager
+
+    request = dataclasses.replace(REQUEST, negative_prompt="blurry", style_negative_prompt="")
+    info = ParserManager().parse(str(save_with_chunks(tmp_path, request, 777)))
+    assert info is not None
+    sampler = info.samplers[0]
+    assert sampler.name == "DPM++ 2M Karras"
+    assert sampler.prompts[0].value == request.styled_prompts()[0]
+    assert sampler.negative_prompts[0].value == "blurry"
+    params = sampler.parameters
+    assert params["steps"] == "3" and params["cfg_scale"] == "4.5" and params["seed"] == "777"
+    assert info.metadata["Size"] == "96x64"
+
+
+def test_a1111_fixture_is_read(registry):
+    settings, source = read_png_settings(FIXTURES / "a1111.png")
+    assert source == "a1111"
+    assert settings == dict(
+        prompt="masterpiece, a castle on a hill\nsunset", negative_prompt="lowres, fog",
+        num_inference_steps=28, guidance_scale=6.5, seed=3735928559, width=832, height=1216,
+        scheduler="DPM++ 2M Karras", model="dreamshaper_8",
+    )
+
+
+def test_old_style_a1111_sampler_names():
+    text = "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512"
+    assert parse_infotext(text)["scheduler"] == "Euler a"
+    assert "scheduler" not in parse_infotext(text.replace("Euler a", "LMS"))  # unknown: keep ours
+
+
+@pytest.mark.parametrize(
+    "chunks, message",
+    [
+        ({}, "carries no generation settings"),
+        ({"parameters": "just a prompt"}, "no settings line"),
+        ({"parameters": "a\nSteps: many, Sampler: Euler"}, "malformed value"),
+        ({"studio": "{not json"}, "not valid JSON"),
+        ({"studio": json.dumps({"request": {"prompt": "x", "evil": 1}})}, r"unknown request fields: \['evil'\]"),
+        ({"studio": json.dumps({"version": 9, "request": {}})}, "made by a newer Studio"),
+        ({"studio": "[1]"}, "has no 'request' object"),
+    ],
+)
+def test_bad_png_metadata(tmp_path, chunks, message):
+    info = PngImagePlugin.PngInfo()
+    for k, v in chunks.items():
+        info.add_text(k, v)
+    path = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    with pytest.raises(ValueError, match=message):
+        read_png_settings(path)
+
+
+def test_not_a_png(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"GIF89a not really")
+    with pytest.raises(ValueError, match="not a readable PNG image"):
+        read_png_settings(tmp_path / "x.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "y.jpg")
+    with pytest.raises(ValueError, match="expected a PNG image, got JPEG"):
+        read_png_settings(tmp_path / "y.jpg")
+
+
+# --- bad presets -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (preset_dict(colour="red"), "colour: Extra inputs are not permitted"),
+        (preset_dict(**{"txt2img.num_inference_steps": "20"}), "txt2img.num_inference_steps: Input should be a valid integer"),
+        (preset_dict(**{"txt2img.batch_size": True}), "txt2img.batch_size: Input should be a valid integer"),
+        (preset_dict(**{"txt2img.num_inference_steps": 500}), "less than or equal to 150"),
+        (preset_dict(**{"txt2img.width": 100}), "multiple of 8"),
+        (preset_dict(**{"txt2img.scheduler": "Heun"}), "scheduler must be one of"),
+        (preset_dict(**{"style.prompt": "no placeholder"}), "must contain the placeholder {prompt}"),
+        (preset_dict(model="https://example.com/model.safetensors"), "model: String should match pattern"),
+        (preset_dict(model="sd3"), "preset model must be one of"),
+        (preset_dict(model="sdxl-vae-fp16-fix"), "preset model must be one of"),
+        (preset_dict(model="sdxl-base"), "width must be an integer in [256, 2048], got 96"),  # family limits
+        (preset_dict(schema_version=2), "needs schema_version 2; this Studio reads up to 1"),
+        (preset_dict(schema_version="1"), "schema_version"),
+        ([1, 2], "must be a JSON object, got list"),
+    ],
+)
+def test_bad_presets_are_rejected(registry, data, message):
+    with pytest.raises(ValueError) as err:
+        P.parse_preset(json.dumps(data), registry)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (json.dumps(preset_dict()).replace('"guidance_scale": 4.5', '"guidance_scale": NaN').encode(), "NaN and Infinity"),
+        (json.dumps(preset_dict()).replace('"guidance_scale": 4.5', '"guidance_scale": Infinity').encode(), "NaN and Infinity"),
+        (b"\xff\xfe{}", "must be UTF-8"),
+        (b"[" * 600_000 + b"]" * 600_000, "at most 1000000 bytes"),
+        (b"[" * 100_000, "nested this deeply"),
+        (b"{'single': 'quotes'}", "must be JSON"),
+        (b'{"a": ' * 5000 + b"1" + b"}" * 5000, "nested this deeply"),
+    ],
+)
+def test_bad_preset_bytes_are_rejected(raw, message):
+    with pytest.raises(ValueError, match=message):
+        P.parse_preset(raw)
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "/etc/passwd", "a\\b", "nul\x00byte", "..", ".hidden", "", "x" * 65])
+def test_preset_names_never_leave_the_folder(tmp_path, name):
+    with pytest.raises(ValueError, match="preset name must"):
+        P.preset_path(tmp_path, name)
+    with pytest.raises(ValueError):
+        P.preset_from_request(REQUEST, name=name)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_oversized_preset_file(tmp_path):
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * (P.MAX_PRESET_BYTES + 1))
+    with pytest.raises(ValueError, match="at most 1000000 bytes"):
+        P.load_preset(big)
+
+
+@pytest.mark.parametrize("token", ["!!!", "a" * 20_000, "eJwLSS0u0U3OyS9K1S3ILCpRBAA8pgYL", P.share_token.__name__])
+def test_bad_share_tokens(registry, token):
+    with pytest.raises(ValueError, match="share link's preset|a preset must|invalid preset"):
+        P.preset_from_token(token, registry)
+
+
+def test_zip_bomb_token_is_refused(registry):
+    import base64
+    import zlib
+
+    token = base64.urlsafe_b64encode(zlib.compress(b" " * 5_000_000)).decode().rstrip("=")
+    assert len(token) < 16_000  # a short link that would inflate to 5 MB
+    with pytest.raises(ValueError, match="cannot be decoded: too large"):
+        P.preset_from_token(token, registry)
