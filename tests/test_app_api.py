@@ -80,3 +80,44 @@ def test_bad_input_is_a_clear_error_and_saves_nothing(client, app, overrides, me
     assert sorted(app[1].rglob("*.png")) == before
 
 
+
+
+def test_presets_are_listed_and_fetched(client):
+    listed = client.predict(api_name="/presets")
+    names = {p["name"] for p in listed}
+    assert {"Photoreal portrait", "Fast draft", "Low VRAM"} <= names and len(names) >= 6
+    assert all(p["source"] == "shipped" for p in listed)
+    fast = client.predict("Fast draft", api_name="/preset")
+    assert fast["model"] == "sdxl-turbo" and fast["txt2img"]["num_inference_steps"] == 1
+
+
+def test_apply_preset_fills_every_setting(client):
+    settings = client.predict("Cinematic landscape", api_name="/apply_preset")
+    assert settings["model"] == "sdxl-base" and (settings["width"], settings["height"]) == (1344, 768)
+    assert settings["style_prompt"].startswith("cinematic film still of {prompt}")
+    assert settings["prompt"] == "" and settings["seed"] == -1
+    doc = client.predict("Fast draft", api_name="/preset")
+    doc["txt2img"]["prompt"] = "a fox"
+    assert client.predict(json.dumps(doc), api_name="/apply_preset")["prompt"] == "a fox"
+
+
+@pytest.mark.parametrize(
+    "preset, message",
+    [
+        ("No such preset", "unknown preset 'No such preset'"),
+        ("../../etc/passwd", "unknown preset '../../etc/passwd'"),
+        ('{"schema_version": 1, "name": "x", "model": "tiny", "txt2img": {"width": 64, "height": 64, '
+         '"num_inference_steps": "20", "guidance_scale": 1, "scheduler": "Euler"}}', "num_inference_steps: Input should be a valid integer"),
+        ('{"schema_version": 7}', "needs schema_version 7"),
+        ('{"schema_version": 1, "guidance_scale": NaN}', "NaN and Infinity"),
+        ('{"schema_version": 1, "name": "x", "model": "http://evil/x", "txt2img": {}}', "model: String should match pattern"),
+    ],
+)
+def test_bad_presets_through_the_api(client, preset, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as err:
+        client.predict(preset, api_name="/apply_preset")
+    assert message in str(err.value)
+    with pytest.raises(AppError):
+        client.predict(preset, api_name="/preset")
