@@ -67,16 +67,15 @@ def build_preset_api(store: PresetStore) -> None:
 
     def presets() -> list[dict]:
         """Every preset: name, description, model, and whether it ships with Studio or is the user's."""
-        found = P.list_presets(store.shipped_dir, store.user_dir)
         out = []
-        for name in store.names():
+        for name, path in P.list_presets(store.shipped_dir, store.user_dir).items():
             try:
                 p = store.get(name)
             except ValueError:
                 continue  # a broken file in the user's folder is skipped, not fatal for the list
-            source = "user" if found[name].parent == store.user_dir.resolve() or found[name].parent == store.user_dir else "shipped"
+            source = "user" if path.parent.resolve() == store.user_dir.resolve() else "shipped"
             out.append({"name": p.name, "description": p.description, "model": p.model, "source": source})
-        return out
+        return sorted(out, key=lambda p: p["name"])
 
     def preset(name: str) -> dict:
         """The preset called `name`, as its JSON document."""
@@ -143,8 +142,8 @@ def build_presets_panel(demo: gr.Blocks, manager: Any, widgets: Txt2ImgWidgets, 
         except ValueError as exc:
             raise gr.Error(f"Settings not loaded from the image: {exc}") from exc
         notes = []
-        if settings.get("model") not in registry.names("base"):
-            notes.append(f"its model {settings.pop('model', None)!r} is not in Studio's registry, so the current model is kept")
+        if "model" in settings and settings["model"] not in registry.names("base"):
+            notes.append(f"its model {settings.pop('model')!r} is not in Studio's registry, so the current model is kept")
         message = f"Loaded the settings of an image made by {'Studio' if source == 'studio' else 'AUTOMATIC1111 or a compatible tool'}."
         return fill(current, settings, " ".join([message, *(f"Note: {n}." for n in notes)]))
 
