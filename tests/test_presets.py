@@ -240,3 +240,24 @@ def test_zip_bomb_token_is_refused(registry):
     assert len(token) < 16_000  # a short link that would inflate to 5 MB
     with pytest.raises(ValueError, match="cannot be decoded: too large"):
         P.preset_from_token(token, registry)
+
+
+def test_preset_to_widgets_to_preset_is_identical(registry):
+    from studio.ui.presets import _checked, model_defaults
+    from studio.ui.txt2img import make_request
+
+    preset = P.preset_from_request(REQUEST, name="Fox", description="", author="")
+    widgets = _checked(registry, model_defaults(registry, "sdxl-base"), preset.settings())  # what the UI fills
+    again = P.preset_from_request(make_request(widgets), name="Fox")
+    assert again == preset
+
+
+def test_a_rejected_preset_changes_nothing(registry):
+    from studio.ui.presets import _checked, model_defaults
+
+    current = model_defaults(registry, "tiny")
+    snapshot = dict(current)
+    bad = dict(P.preset_from_request(REQUEST, name="Fox").settings(), model="sdxl-base")  # 96 px < SDXL's 256
+    with pytest.raises(ValueError, match="width must be an integer in"):
+        _checked(registry, current, bad)
+    assert current == snapshot
