@@ -16,7 +16,7 @@ import tempfile
 import zlib
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -48,6 +48,9 @@ class Style(_Strict):
         return v
 
 
+Size = Annotated[int, Field(ge=0, le=8192)]
+
+
 class Txt2ImgSettings(_Strict):
     # null prompts leave the user's own prompts in place when the preset is applied
     prompt: str | None = Field(None, max_length=20000)
@@ -59,6 +62,14 @@ class Txt2ImgSettings(_Strict):
     scheduler: str
     seed: int = Field(-1, ge=-1, le=MAX_SEED)
     batch_size: int = Field(1, ge=1, le=8)
+    # SDXL micro-conditioning: [height, width] / [top, left]; null = the image's own size
+    original_size: tuple[Size, Size] | None = None
+    crops_coords_top_left: tuple[Size, Size] = (0, 0)
+    target_size: tuple[Size, Size] | None = None
+    negative_original_size: tuple[Size, Size] | None = None
+    negative_crops_coords_top_left: tuple[Size, Size] | None = None
+    negative_target_size: tuple[Size, Size] | None = None
+    micro_conditioning_power: float = Field(0.0, ge=0, le=8)
 
     @field_validator("scheduler")
     @classmethod
@@ -109,12 +120,14 @@ def _reject_constant(name: str):
 
 def parse_preset(data: bytes | str | dict, registry: Registry | None = None) -> Preset:
     """Validate a preset from file bytes, JSON text or a dict; raise ValueError saying what is wrong."""
+    text = None
     if isinstance(data, (bytes, str)):
         raw = data.encode("utf-8") if isinstance(data, str) else data
         if len(raw) > MAX_PRESET_BYTES:
             raise ValueError(f"a preset must be at most {MAX_PRESET_BYTES} bytes, got {len(raw)}")
         try:
-            data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+            text = raw.decode("utf-8")
+            data = json.loads(text, parse_constant=_reject_constant)
         except UnicodeDecodeError as exc:
             raise ValueError(f"a preset must be UTF-8 text: {exc}") from None
         except RecursionError:
@@ -128,7 +141,8 @@ def parse_preset(data: bytes | str | dict, registry: Registry | None = None) -> 
         raise ValueError(f"this preset needs schema_version {version}; this Studio reads up to "
                          f"{SCHEMA_VERSION}: update Studio to use it")
     try:
-        preset = Preset.model_validate(data)
+        # JSON text is validated as JSON (strict mode then takes arrays for pairs); dicts as Python.
+        preset = Preset.model_validate(data) if text is None else Preset.model_validate_json(text)
     except ValidationError as exc:
         raise ValueError(_describe(exc)) from None
     if registry is not None:

@@ -17,7 +17,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 REQUEST = Txt2ImgRequest(prompt="a red fox, in snow: at dawn", negative_prompt="blurry,\nlow quality", width=96,
                          height=64, num_inference_steps=3, guidance_scale=4.5, seed=1234, batch_size=2,
                          scheduler="DPM++ 2M Karras", model="tiny", style_prompt="photo of {prompt}, 35mm",
-                         style_negative_prompt="cartoon")
+                         style_negative_prompt="cartoon", original_size=(512, 768), crops_coords_top_left=(16, 0),
+                         micro_conditioning_power=1.5)
 
 
 def preset_dict(**overrides):
@@ -243,12 +244,13 @@ def test_zip_bomb_token_is_refused(registry):
 
 
 def test_preset_to_widgets_to_preset_is_identical(registry):
+    from studio.pipelines.txt2img import REQUEST_FIELDS
     from studio.ui.presets import _checked, model_defaults
-    from studio.ui.txt2img import make_request
+    from studio.ui.txt2img import make_request, widget_values
 
     preset = P.preset_from_request(REQUEST, name="Fox", description="", author="")
-    widgets = _checked(registry, model_defaults(registry, "sdxl-base"), preset.settings())  # what the UI fills
-    again = P.preset_from_request(make_request(widgets), name="Fox")
+    filled = _checked(registry, model_defaults(registry, "sdxl-base"), preset.settings())  # what the UI fills
+    again = P.preset_from_request(make_request(dict(zip(REQUEST_FIELDS, widget_values(filled)))), name="Fox")
     assert again == preset
 
 

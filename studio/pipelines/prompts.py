@@ -63,7 +63,9 @@ def prompt_arguments(pipe: Any, prompt: str, negative_prompt: str) -> tuple[dict
     counts = [count_tokens(t, text) for t, _ in _pairs(pipe) for text in (prompt, negative_prompt)]
     info = {"prompt_tokens": count_tokens(tokenizer, prompt), "negative_prompt_tokens": count_tokens(tokenizer, negative_prompt)}
     if max(counts) <= width:
-        return {"prompt": prompt, "negative_prompt": negative_prompt}, {**info, "prompt_handling": "single window"}
+        # An empty negative prompt goes as None: SDXL then uses zeros (force_zeros_for_empty_prompt),
+        # exactly as a plain diffusers call does.
+        return {"prompt": prompt, "negative_prompt": negative_prompt or None}, {**info, "prompt_handling": "single window"}
 
     windows = math.ceil(max(counts) / width)
     with torch.no_grad():

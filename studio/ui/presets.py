@@ -6,6 +6,7 @@ widget values and validated as a full request first, so a rejected preset change
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,8 @@ import gradio as gr
 
 from studio import presets as P
 from studio.metadata import read_png_settings
-from studio.pipelines.txt2img import REQUEST_FIELDS
-from studio.ui.txt2img import Txt2ImgWidgets, aspect_for, make_request
+from studio.pipelines.txt2img import REQUEST_FIELDS, Txt2ImgRequest
+from studio.ui.txt2img import Txt2ImgWidgets, aspect_for, make_request, widget_values
 
 
 class PresetStore:
@@ -45,20 +46,21 @@ class PresetStore:
         return P.parse_preset(text, self.registry) if text.startswith("{") else self.get(preset)
 
 
-def _checked(registry: Any, current: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
-    """`current` with `updates` applied (None values keep the current one), validated as a request."""
-    merged = {**current, **{k: v for k, v in updates.items() if v is not None}}
+def _checked(registry: Any, current: dict[str, Any], updates: dict[str, Any], keep: tuple = ("prompt", "negative_prompt")):
+    """`current` with `updates` applied, validated as a request. None in `updates` keeps the
+    current value for the fields in `keep` (a preset's null prompts) and means "default" elsewhere."""
+    merged = {**current, **{k: v for k, v in updates.items() if v is not None or k not in keep}}
     request = make_request(merged)
     request.validate(registry.get(request.model))
-    return {k: getattr(request, k) for k in REQUEST_FIELDS}
+    return request
 
 
 def model_defaults(registry: Any, model: str) -> dict[str, Any]:
     """Full settings for `model` from its registry defaults (what a preset is applied over in the API)."""
     d = registry.get(model).defaults
-    return dict(prompt="", negative_prompt="", width=d.width, height=d.height, num_inference_steps=d.num_inference_steps,
-                guidance_scale=d.guidance_scale, seed=-1, batch_size=1, scheduler=d.scheduler, model=model,
-                style_prompt="{prompt}", style_negative_prompt="")
+    request = Txt2ImgRequest(prompt="", width=d.width, height=d.height, num_inference_steps=d.num_inference_steps,
+                             guidance_scale=d.guidance_scale, scheduler=d.scheduler, model=model)
+    return dataclasses.asdict(request)
 
 
 def build_preset_api(store: PresetStore) -> None:
@@ -88,7 +90,7 @@ def build_preset_api(store: PresetStore) -> None:
         """The full text-to-image settings a preset (a name, or preset JSON text) fills in."""
         try:
             p = store.resolve(preset)
-            return _checked(registry, model_defaults(registry, p.model), p.settings())
+            return dataclasses.asdict(_checked(registry, model_defaults(registry, p.model), p.settings()))
         except (ValueError, TypeError) as exc:
             raise gr.Error(f"Preset not applied: {exc}") from exc
 
@@ -119,11 +121,11 @@ def build_presets_panel(demo: gr.Blocks, manager: Any, widgets: Txt2ImgWidgets, 
 
     def fill(current_values: tuple, updates: dict[str, Any], message: str) -> list:
         try:
-            values = _checked(registry, dict(zip(REQUEST_FIELDS, current_values)), updates)
+            request = _checked(registry, dict(zip(REQUEST_FIELDS, current_values)), updates)
         except (ValueError, TypeError) as exc:
             raise gr.Error(f"{message.split(':')[0]} not applied: {exc}") from exc
-        aspect = aspect_for(registry.get(values["model"]), values["width"], values["height"])
-        return [*values.values(), aspect, message]
+        aspect = aspect_for(registry.get(request.model), request.width, request.height)
+        return [*widget_values(request), aspect, message]
 
     def pick(name, *current):
         if not name:

@@ -48,11 +48,42 @@ def integral(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+def parse_pair(value: Any) -> Any:
+    """A (height, width) or (top, left) pair from "1024, 768", "1024x768" or a JSON list; "" is None.
+
+    Anything else is passed on unchanged, for validation to refuse with the field's name."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        parts = value.replace("×", ",").replace("x", ",").split(",")
+        try:
+            return tuple(int(p) for p in parts)
+        except ValueError:
+            return value
+    return tuple(integral(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def pair_text(value: Any) -> str:
+    """How a pair shows in its textbox."""
+    return "" if value is None else ", ".join(str(v) for v in value)
+
+
 def make_request(values: dict[str, Any]) -> txt2img.Txt2ImgRequest:
     """A request from raw widget/API values (not yet validated)."""
     v = {k: integral(x) for k, x in values.items()}
     v["negative_prompt"] = v.get("negative_prompt") or ""
+    for name in txt2img.PAIR_FIELDS:
+        if name in v:
+            v[name] = parse_pair(v[name])
+    if v.get("crops_coords_top_left", ()) is None:
+        v["crops_coords_top_left"] = (0, 0)
     return txt2img.Txt2ImgRequest(**v)
+
+
+def widget_values(request: txt2img.Txt2ImgRequest) -> list:
+    """The request's fields as its widgets show them, in widget order."""
+    return [pair_text(getattr(request, k)) if k in txt2img.PAIR_FIELDS else getattr(request, k)
+            for k in txt2img.REQUEST_FIELDS]
 
 
 def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops: StopFlags) -> Txt2ImgWidgets:
@@ -85,6 +116,19 @@ def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops
             with gr.Accordion("Style", open=False):
                 style_prompt = gr.Textbox("{prompt}", label="Style prompt ({prompt} is replaced by your prompt)", elem_id="style-prompt")
                 style_negative = gr.Textbox("", label="Style negative prompt (added to yours)", elem_id="style-negative")
+            with gr.Accordion("Advanced: SDXL size and crop conditioning", open=False):
+                gr.Markdown("Sizes are *height, width*; the crop is *top, left*. Empty: the image's own "
+                            "size (for negatives: the value above). The cosine schedule lets this "
+                            "metadata act late in sampling only (Berrada et al. 2024); 0 turns it off.")
+                with gr.Row():
+                    original_size = gr.Textbox("", label="Original size", placeholder="same as image", elem_id="original-size")
+                    crops = gr.Textbox("0, 0", label="Crop top-left", elem_id="crops")
+                    target_size = gr.Textbox("", label="Target size", placeholder="same as image", elem_id="target-size")
+                with gr.Row():
+                    neg_original_size = gr.Textbox("", label="Negative original size", placeholder="as above")
+                    neg_crops = gr.Textbox("", label="Negative crop top-left", placeholder="as above")
+                    neg_target_size = gr.Textbox("", label="Negative target size", placeholder="as above")
+                mc_power = gr.Slider(0, 8, value=0, step=0.5, label="Cosine schedule power (0: off)", elem_id="mc-power")
         with gr.Column(scale=3):
             gallery = gr.Gallery(
                 label="Images", format="png", columns=2, object_fit="contain", height=560, elem_id="gallery"
@@ -94,12 +138,17 @@ def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops
 
     fields = dict(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
                   num_inference_steps=steps, guidance_scale=guidance, seed=seed, batch_size=batch_size,
-                  scheduler=scheduler, model=model, style_prompt=style_prompt, style_negative_prompt=style_negative)
+                  scheduler=scheduler, model=model, style_prompt=style_prompt, style_negative_prompt=style_negative,
+                  original_size=original_size, crops_coords_top_left=crops, target_size=target_size,
+                  negative_original_size=neg_original_size, negative_crops_coords_top_left=neg_crops,
+                  negative_target_size=neg_target_size, micro_conditioning_power=mc_power)
     assert list(fields) == txt2img.REQUEST_FIELDS, "widgets must follow Txt2ImgRequest's fields"
 
     def run_txt2img(
         prompt, negative_prompt, width, height, num_inference_steps, guidance_scale, seed, batch_size,
         scheduler, model=default_model, style_prompt="{prompt}", style_negative_prompt="",
+        original_size="", crops_coords_top_left="0, 0", target_size="", negative_original_size="",
+        negative_crops_coords_top_left="", negative_target_size="", micro_conditioning_power=0.0,
         progress=gr.Progress(track_tqdm=True), request: gr.Request = None,
     ):
         """Generate images from text. Returns the images (PNG), the seed used and the settings."""
@@ -107,7 +156,11 @@ def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops
             prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
             batch_size=batch_size, scheduler=scheduler, model=model, style_prompt=style_prompt,
-            style_negative_prompt=style_negative_prompt,
+            style_negative_prompt=style_negative_prompt, original_size=original_size,
+            crops_coords_top_left=crops_coords_top_left, target_size=target_size,
+            negative_original_size=negative_original_size,
+            negative_crops_coords_top_left=negative_crops_coords_top_left,
+            negative_target_size=negative_target_size, micro_conditioning_power=micro_conditioning_power,
         )
         session = getattr(request, "session_hash", None) or "api"
         flag = stops.start(session)
