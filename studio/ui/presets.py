@@ -200,7 +200,8 @@ def build_presets_panel(demo: gr.Blocks, manager: Any, widgets: Txt2ImgWidgets, 
             return [gr.update()] * len(filled) + [f"The link's preset was not applied: {exc}"]
         return fill(current, preset.settings(), f"Applied the shared preset **{preset.name}**.")
 
-    private = dict(api_visibility="private", queue=False)
+    # Queued, so that a gr.Error reaches the page as a message (Gradio shows none for queue=False).
+    private = dict(api_visibility="private")
     picker.input(pick, [picker, *fields], [*filled, status], **private)
     png.upload(from_png, [png, *fields], [*filled, status], **private)
     save.click(save_current, [save_name, include_prompts, *fields], [picker, status], **private)
