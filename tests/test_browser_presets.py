@@ -17,7 +17,7 @@ from conftest import start_app
 
 # Importing test_browser applies its browser check at import: without Chromium or Playwright this
 # module is skipped too, or fails under STUDIO_REQUIRE_BROWSER=1, exactly as that one does.
-from test_browser import CHROMIUM, CHROMIUM_ARGS, GENERATION_TIMEOUT_MS, UI_TIMEOUT_MS, output_pngs
+from test_browser import GENERATION_TIMEOUT_MS, UI_TIMEOUT_MS, browser, output_pngs  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -80,18 +80,6 @@ def presets_app(tmp_path_factory, tiny_cache):
         except Exception:
             proc.kill()
             proc.wait()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture
