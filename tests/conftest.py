@@ -81,10 +81,19 @@ def start_app(tmp: Path, tiny_cache: Path, *args: str, env: dict | None = None):
     raise RuntimeError(f"app did not answer within 120 s:\n{(tmp / 'app.log').read_text()}")
 
 
+def stop_app(proc: subprocess.Popen) -> None:
+    """Stop an app started by start_app, killing it if it does not exit within 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="session")
 def app(tmp_path_factory, tiny_cache):
     """A running Studio with the tiny model: (url, outputs folder)."""
     proc, url, outputs = start_app(tmp_path_factory.mktemp("app"), tiny_cache, "--model", "tiny")
     yield url, outputs
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop_app(proc)

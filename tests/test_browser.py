@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import start_app
+from conftest import start_app, stop_app
 
 pytestmark = pytest.mark.browser
 
@@ -141,12 +141,7 @@ def test_default_model_unavailable_offline_shows_tiny_notice(page, tmp_path, tin
         expect(page.get_by_label("number input for Width")).to_have_value("64")
         assert page.page_errors == [], f"JavaScript errors on the page: {page.page_errors}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except Exception:
-            proc.kill()
-            proc.wait()
+        stop_app(proc)
 
 
 def test_stop_ends_a_running_generation(app, page):

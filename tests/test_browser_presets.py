@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import start_app
+from conftest import start_app, stop_app
 
 # Importing test_browser applies its browser check at import: without Chromium or Playwright this
 # module is skipped too, or fails under STUDIO_REQUIRE_BROWSER=1, exactly as that one does.
@@ -74,12 +74,7 @@ def presets_app(tmp_path_factory, tiny_cache):
     try:
         yield url, outputs, folder
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except Exception:
-            proc.kill()
-            proc.wait()
+        stop_app(proc)
 
 
 @pytest.fixture
