@@ -17,6 +17,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--outputs", type=Path, default=Path(os.environ.get("STUDIO_OUTPUTS", "outputs")), help="folder for generated images")
     p.add_argument("--user-presets", type=Path, default=Path(os.environ.get("STUDIO_USER_PRESETS", "user_presets")), help="folder for presets you save or import")
     p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("STUDIO_CACHE", Path.home() / ".cache" / "studio")), help="folder for built-in tiny models")
+    p.add_argument("--depth-model", default=None, help="registry name of the depth model for the lens blur (default: the registry's first; the built-in tiny models use 'tiny-depth')")
     p.add_argument("--registry", type=Path, default=None, help="model registry JSON (default: presets/models.json)")
     return p.parse_args(argv)
 
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     registry = load_registry(args.registry or DEFAULT_REGISTRY)
     manager = ModelManager(registry, cache_dir=args.cache_dir)
     model, notice = manager.resolve_startup_model(args.model or registry.default)
+    # A random test model pairs with the random depth model, so the app runs fully offline.
+    manager.depth_model = args.depth_model or ("tiny-depth" if registry.get(model).builtin else None)
     outputs = args.outputs.resolve()
     demo = build_app(manager, default_model=model, outputs_dir=outputs, user_presets=args.user_presets.resolve(),
                      notice=notice)

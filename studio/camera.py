@@ -100,3 +100,43 @@ def thin_lens_blur(image: np.ndarray, depth_m: np.ndarray, focus_m: float, focal
         a = coverage[..., None]
         result = np.where(behind, colour * a + result * (1 - a), result)
     return result
+
+
+# Words the text encoders know for what the numbers do. Thresholds follow photographers' usage
+# (full-frame focal lengths; pitch in degrees, positive looking up).
+FOCAL_TERMS = [(20, "ultra wide-angle lens, {f:g}mm"), (35, "wide-angle lens, {f:g}mm"),
+               (70, "standard lens, {f:g}mm"), (135, "telephoto lens, {f:g}mm, compressed perspective"),
+               (math.inf, "super telephoto lens, {f:g}mm, strongly compressed perspective")]
+PITCH_TERMS = [(-40, "bird's-eye view, looking steeply down"), (-10, "high-angle shot, looking down"),
+               (10, "eye-level shot"), (40, "low-angle shot, looking up"), (math.inf, "worm's-eye view, looking steeply up")]
+
+
+def camera_terms(focal_length_mm: float | None, pitch_deg: float | None, f_number: float | None,
+                 dof_from_prompt: bool) -> tuple[list[str], list[str]]:
+    """Prompt and negative-prompt terms for the camera settings (None: that control is off).
+
+    With depth of field made by the lens blur (`dof_from_prompt` False) the model is asked for an
+    all-sharp picture, so the only blur is the one the numbers give.
+    """
+    terms, negative = [], []
+    if focal_length_mm is not None:
+        terms.append(next(t for limit, t in FOCAL_TERMS if focal_length_mm < limit).format(f=focal_length_mm))
+    if pitch_deg is not None:
+        terms.append(next(t for limit, t in PITCH_TERMS if pitch_deg < limit))
+    if f_number is not None and dof_from_prompt:
+        if f_number <= 2.8:
+            terms.append(f"shallow depth of field, bokeh, f/{f_number:g}")
+        elif f_number >= 8:
+            terms.append(f"deep depth of field, everything in focus, f/{f_number:g}")
+        else:
+            terms.append(f"f/{f_number:g}")
+    elif f_number is not None:
+        terms.append("sharp focus throughout")
+        negative.append("bokeh, depth of field, blurry background")
+    return terms, negative
+
+
+def autofocus_m(depth_m: np.ndarray) -> float:
+    """Where a camera's centre autofocus would focus: the median depth of the central ninth."""
+    h, w = depth_m.shape
+    return float(np.median(depth_m[h // 3 : h - h // 3, w // 3 : w - w // 3]))

@@ -1,6 +1,6 @@
 """Presets users share: a versioned, strictly validated JSON format, stored as files or in a link.
 
-A preset names a model, a style and the text-to-image settings (later issues add camera,
+A preset names a model, a style, the text-to-image settings and the camera (later issues add
 ControlNet, LoRA, upscaling and panorama sections). Validation is strict: unknown keys, wrong
 types ("20" or true for an integer), NaN/Infinity, out-of-range values, oversized or non-UTF-8
 files and newer schema versions are errors that name the problem; nothing is coerced.
@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from studio.models.registry import Registry
-from studio.pipelines.txt2img import MAX_SEED, Txt2ImgRequest
+from studio.pipelines.txt2img import CAMERA_FIELDS, MAX_SEED, Txt2ImgRequest
 from studio.schedulers import check_scheduler_name
 
 SCHEMA_VERSION = 1
@@ -78,6 +78,17 @@ class Txt2ImgSettings(_Strict):
         return v
 
 
+class Camera(_Strict):
+    """Camera controls (studio/camera.py); null turns a control off."""
+
+    camera_pitch: float | None = Field(None, ge=-60, le=60)  # degrees, positive looking up
+    focal_length_mm: float | None = Field(None, ge=8, le=800)  # full-frame equivalent
+    aperture_f_number: float | None = Field(None, ge=0.7, le=64)
+    focus_distance_m: float | None = Field(None, ge=0.1, le=10000)  # null: focus on the centre
+    dof_mode: Literal["lens", "prompt"] = "lens"
+    horizon_strength: float = Field(0.6, ge=0, le=2)
+
+
 class Preset(_Strict):
     schema_version: Literal[1]
     name: str = Field(pattern=NAME_PATTERN)
@@ -86,10 +97,11 @@ class Preset(_Strict):
     model: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")  # a registry name, never a URL or path
     style: Style = Style()
     txt2img: Txt2ImgSettings
+    camera: Camera = Camera()  # absent: every camera control off
 
     def settings(self) -> dict[str, Any]:
         """The widget values the preset fills, named as Txt2ImgRequest's fields (None: keep)."""
-        return {**self.txt2img.model_dump(), "model": self.model,
+        return {**self.txt2img.model_dump(), **self.camera.model_dump(), "model": self.model,
                 "style_prompt": self.style.prompt, "style_negative_prompt": self.style.negative_prompt}
 
     def to_request(self, prompt: str = "", negative_prompt: str = "") -> Txt2ImgRequest:
@@ -107,10 +119,11 @@ def preset_from_request(request: Txt2ImgRequest, name: str, description: str = "
     if not include_prompts:
         fields["prompt"] = fields["negative_prompt"] = None
     model, style_prompt, style_negative = fields.pop("model"), fields.pop("style_prompt"), fields.pop("style_negative_prompt")
+    camera = {k: fields.pop(k) for k in CAMERA_FIELDS}
     return parse_preset({
         "schema_version": SCHEMA_VERSION, "name": name, "description": description, "author": author,
         "model": model, "style": {"name": style_name, "prompt": style_prompt, "negative_prompt": style_negative},
-        "txt2img": fields,
+        "txt2img": fields, "camera": camera,
     })
 
 

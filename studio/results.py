@@ -23,3 +23,4 @@ class Result:
     images: list[Any]  # PIL images
     seed: int  # seed of the first image; image i used seed + i
     metadata: dict[str, Any] = field(default_factory=dict)
+    originals: list[Any] = field(default_factory=list)  # the images before a post-effect (e.g. lens blur)

@@ -21,6 +21,10 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "DDIM": ("DDIMScheduler", {}),
     "UniPC": ("UniPCMultistepScheduler", {}),
+    # Distilled few-step models: SDXL-Lightning wants Euler on "trailing" timesteps (ComfyUI's
+    # sgm_uniform), LCM-LoRA its own consistency sampler.
+    "Euler trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    "LCM": ("LCMScheduler", {}),
 }
 
 

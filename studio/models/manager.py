@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from studio.models.registry import ModelEntry, Registry
+from studio.models.registry import DepthEntry, ModelEntry, Registry
 
 log = logging.getLogger(__name__)
 GB = 1024**3
@@ -98,7 +98,10 @@ def hub_reachable(repo_id: str) -> None:
 def in_hub_cache(entry: ModelEntry) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
-    marker = "model_index.json" if entry.role in ("base", "inpaint") else "config.json"
+    if getattr(entry, "lora", None) is not None:
+        marker = entry.lora.weight_name
+    else:
+        marker = "model_index.json" if entry.role in ("base", "inpaint") else "config.json"
     return isinstance(try_to_load_from_cache(entry.repo_id, marker), str)
 
 
@@ -139,6 +142,7 @@ class _Loaded:
     entry: ModelEntry
     pipes: dict[str, Any]  # task -> pipeline; all share the components of pipes["txt2img"]
     nbytes: int
+    adapters: set[str] = field(default_factory=set)  # LoRA models loaded on it (by registry name)
 
 
 @dataclass
@@ -151,9 +155,11 @@ class ModelManager:
     loader: Callable[..., Any] = load_from_pretrained
     hub_check: Callable[[str], None] = hub_reachable
     budget_bytes: int | None = None  # None: derived from the probe
+    depth_model: str | None = None  # the depth estimator for the lens blur; None: the registry's first
     lock: threading.RLock = field(default_factory=threading.RLock, init=False)
     _loaded: OrderedDict[str, _Loaded] = field(default_factory=OrderedDict, init=False)
     _info: DeviceInfo | None = field(default=None, init=False)
+    _depth: tuple[str, Any] | None = field(default=None, init=False)  # (name, transformers pipeline)
 
     @property
     def device_info(self) -> DeviceInfo:
@@ -161,7 +167,7 @@ class ModelManager:
             self._info = self.probe()
         return self._info
 
-    def source(self, entry: ModelEntry) -> str:
+    def source(self, entry: ModelEntry | DepthEntry) -> str:
         """Where `from_pretrained` reads `entry` from; raises ModelUnavailable with the reason."""
         if entry.builtin:
             from studio.models.tiny import ensure_tiny_model
@@ -183,6 +189,8 @@ class ModelManager:
         entry = self.registry.get(name)
         try:
             self.source(entry)
+            if entry.lora is not None:
+                self.source(self.registry.get(entry.lora.base))
             return name, None
         except ModelUnavailable as exc:
             log.warning("%s; using %r instead", exc, fallback)
@@ -196,8 +204,12 @@ class ModelManager:
         return choose_offload(self.device_info, entry.family)
 
     def loaded(self) -> list[str]:
-        """Names of loaded models, least recently used first."""
+        """Names of loaded full models, least recently used first (LoRA models live on them)."""
         return list(self._loaded)
+
+    def adapters(self, name: str) -> list[str]:
+        """The LoRA models loaded on full model `name`."""
+        return sorted(self._loaded[name].adapters) if name in self._loaded else []
 
     @contextmanager
     def use(self, name: str, task: str = "txt2img") -> Iterator[Any]:
@@ -208,21 +220,62 @@ class ModelManager:
         """
         with self.lock:
             pipe = self.pipeline(name, task)
+            self._activate(self.registry.get(name))
             scheduler = pipe.scheduler
             try:
                 yield pipe
             finally:
                 pipe.scheduler = scheduler
 
+    @contextmanager
+    def use_depth(self) -> Iterator[tuple[str, Any]]:
+        """Hold the depth estimator exclusively: (its registry name, a transformers pipeline).
+
+        It is small (about 25M parameters for Depth Anything V2 small), so once loaded it stays,
+        on the accelerator when there is one, outside the LRU of diffusion models."""
+        with self.lock:
+            entry = self.registry.depth(self.depth_model)
+            if self._depth is None or self._depth[0] != entry.name:
+                from studio.models.depth import load_depth_estimator
+
+                info = self.device_info
+                self._depth = (entry.name, load_depth_estimator(self.source(entry), info.device, choose_dtype(info)))
+                log.info("loaded depth model %s", entry.name)
+            yield self._depth
+
     def pipeline(self, name: str, task: str = "txt2img") -> Any:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         with self.lock:
-            loaded = self._loaded.get(name) or self._load(self.registry.get(name))
-            self._loaded.move_to_end(name)
+            entry = self.registry.get(name)
+            base = self.registry.get(entry.lora.base) if entry.lora else entry
+            loaded = self._loaded.get(base.name) or self._load(base)
+            self._loaded.move_to_end(base.name)
+            if entry.lora is not None and entry.name not in loaded.adapters:
+                self._load_adapter(loaded, entry)
             if task not in loaded.pipes:
                 loaded.pipes[task] = derive_pipeline(loaded.pipes["txt2img"], task)
             return loaded.pipes[task]
+
+    def _load_adapter(self, loaded: _Loaded, entry: ModelEntry) -> None:
+        """Load LoRA model `entry` as a named adapter on the loaded base (diffusers + peft)."""
+        loaded.pipes["txt2img"].load_lora_weights(self.source(entry), weight_name=entry.lora.weight_name,
+                                                  adapter_name=entry.name)
+        loaded.adapters.add(entry.name)
+        log.info("loaded %s as a LoRA adapter on %s", entry.name, loaded.entry.name)
+
+    def _activate(self, entry: ModelEntry) -> None:
+        """Switch the shared base to `entry`: its adapter alone, or (a full model) no adapter.
+
+        Every derived pipeline shares the UNet and text encoders, so this applies to all tasks."""
+        base = self.registry.get(entry.lora.base) if entry.lora else entry
+        loaded = self._loaded[base.name]
+        pipe = loaded.pipes["txt2img"]
+        if entry.lora is not None:
+            pipe.enable_lora()
+            pipe.set_adapters([entry.name], adapter_weights=[entry.lora.scale])
+        elif loaded.adapters:
+            pipe.disable_lora()
 
     def unload(self, name: str) -> None:
         with self.lock:

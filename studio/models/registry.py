@@ -40,6 +40,15 @@ class ModelDefaults(_Strict):
         return self
 
 
+class LoraSource(_Strict):
+    """A distilled model shipped as a LoRA (SDXL-Lightning, LCM-LoRA): loaded as an adapter on the
+    already-loaded `base`, never as a second full model."""
+
+    base: str  # registry name of the base model it was distilled from
+    weight_name: str = "pytorch_lora_weights.safetensors"  # the file inside the repo
+    scale: float = Field(1.0, ge=0.0, le=2.0)
+
+
 class ModelEntry(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     label: str
@@ -51,6 +60,8 @@ class ModelEntry(_Strict):
     min_size: int | None = None  # overrides the family's limits (tiny models work at 64 px)
     max_size: int | None = None
     defaults: ModelDefaults = ModelDefaults()
+    lora: LoraSource | None = None  # set: repo_id holds a LoRA applied on lora.base
+    draft: str | None = None  # the fast model live previews use (None: this model itself)
 
     @property
     def builtin(self) -> str | None:
@@ -63,14 +74,35 @@ class ModelEntry(_Strict):
         return (self.min_size or family["min_size"], self.max_size or family["max_size"])
 
 
+class DepthEntry(_Strict):
+    """A metric depth-estimation model (transformers), for the lens blur."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    label: str
+    role: Literal["depth"] = "depth"
+    repo_id: str  # a Hub repo id, or builtin:<tiny model>
+
+    @property
+    def builtin(self) -> str | None:
+        return self.repo_id[len(BUILTIN_PREFIX):] if self.repo_id.startswith(BUILTIN_PREFIX) else None
+
+
 class Registry(_Strict):
     schema_version: Literal[1]
     default: str
     models: list[ModelEntry]
+    depth_models: list[DepthEntry] = []  # the first is the default
+
+    def depth(self, name: str | None = None) -> DepthEntry:
+        """Depth model `name`, or the default one."""
+        for m in self.depth_models:
+            if name is None or m.name == name:
+                return m
+        raise ValueError(f"unknown depth model {name!r}; expected one of {[m.name for m in self.depth_models]}")
 
     @model_validator(mode="after")
     def _consistent(self):
-        names = [m.name for m in self.models]
+        names = [m.name for m in [*self.models, *self.depth_models]]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"model names must be unique, repeated: {duplicates}")
@@ -79,6 +111,11 @@ class Registry(_Strict):
         for m in self.models:
             if m.vae is not None and self.get(m.vae).role != "vae":
                 raise ValueError(f"model {m.name!r}: vae {m.vae!r} must name an entry with role 'vae'")
+            if m.lora is not None and (self.get(m.lora.base).role != "base" or self.get(m.lora.base).lora
+                                       or self.get(m.lora.base).family != m.family):
+                raise ValueError(f"model {m.name!r}: lora.base {m.lora.base!r} must be a full base model of family {m.family!r}")
+            if m.draft is not None and self.get(m.draft).role != "base":
+                raise ValueError(f"model {m.name!r}: draft {m.draft!r} must name a base model")
         return self
 
     def get(self, name: str) -> ModelEntry:

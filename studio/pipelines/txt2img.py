@@ -13,6 +13,7 @@ from studio.schedulers import check_scheduler_name
 
 MAX_SEED = 2**32 - 1  # seeds as A1111 shows them; -1 asks for a random one
 Pair = tuple[int, int]
+DOF_MODES = {"lens": "lens blur from estimated depth", "prompt": "prompt words only (no depth model)"}
 PAIR_FIELDS = ("original_size", "crops_coords_top_left", "target_size", "negative_original_size",
                "negative_crops_coords_top_left", "negative_target_size")
 
@@ -41,6 +42,15 @@ class Txt2ImgRequest:
     negative_crops_coords_top_left: Pair | None = None
     negative_target_size: Pair | None = None
     micro_conditioning_power: float = 0.0  # cosine schedule of the metadata (conditioning.py); 0: off
+    # Camera (studio/camera.py, pipelines/camera.py). None turns a control off; the defaults are
+    # plain text-to-image. Focal length is full-frame equivalent (50 mm when only pitch or
+    # aperture is set); pitch is in degrees, positive looking up.
+    camera_pitch: float | None = None
+    focal_length_mm: float | None = None
+    aperture_f_number: float | None = None
+    focus_distance_m: float | None = None  # None with an aperture: focus on the image's centre
+    dof_mode: str = "lens"  # "lens": depth model + thin-lens blur; "prompt": bokeh words only
+    horizon_strength: float = 0.6  # how hard the initial noise is pushed to the horizon layout
 
     def __post_init__(self):
         for name in PAIR_FIELDS:  # JSON brings pairs back as lists
@@ -49,10 +59,19 @@ class Txt2ImgRequest:
                 object.__setattr__(self, name, tuple(value))
 
     def styled_prompts(self) -> tuple[str, str]:
-        """The prompt and negative prompt the model sees once the style is applied."""
-        prompt = self.style_prompt.replace("{prompt}", self.prompt)
-        negative = ", ".join(p for p in (self.style_negative_prompt, self.negative_prompt) if p)
+        """The prompt and negative prompt the model sees once the style and camera words are applied."""
+        from studio.camera import camera_terms
+
+        terms, negative_terms = camera_terms(self.focal_length_mm, self.camera_pitch, self.aperture_f_number,
+                                             dof_from_prompt=self.dof_mode == "prompt")
+        prompt = ", ".join([self.style_prompt.replace("{prompt}", self.prompt), *terms])
+        negative = ", ".join(p for p in (self.style_negative_prompt, self.negative_prompt, *negative_terms) if p)
         return prompt, negative
+
+    @property
+    def focal_length(self) -> float:
+        """The focal length the geometry uses (mm): the requested one, or a normal 50 mm lens."""
+        return 50.0 if self.focal_length_mm is None else self.focal_length_mm
 
     def validate(self, entry: ModelEntry) -> None:
         """Raise ValueError naming the field, the expected range and the received value."""
@@ -78,6 +97,19 @@ class Txt2ImgRequest:
             raise ValueError(f"guidance_scale must be a finite number in [0, 30], got {g!r}")
         check_scheduler_name(self.scheduler)
         self._validate_micro_conditioning(entry)
+        self._validate_camera()
+
+    def _validate_camera(self) -> None:
+        _check_number("camera_pitch", self.camera_pitch, -60, 60, optional=True)
+        _check_number("focal_length_mm", self.focal_length_mm, 8, 800, optional=True)
+        _check_number("aperture_f_number", self.aperture_f_number, 0.7, 64, optional=True)
+        _check_number("focus_distance_m", self.focus_distance_m, 0.1, 10000, optional=True)
+        _check_number("horizon_strength", self.horizon_strength, 0, 2)
+        if self.dof_mode not in DOF_MODES:
+            raise ValueError(f"dof_mode must be one of {list(DOF_MODES)}, got {self.dof_mode!r}")
+        if self.focus_distance_m is not None and self.focus_distance_m * 1000 <= 2 * self.focal_length:
+            raise ValueError(f"focus_distance_m must be beyond twice the focal length ({self.focal_length:g} mm), "
+                             f"got {self.focus_distance_m!r}")
 
     def _validate_micro_conditioning(self, entry: ModelEntry) -> None:
         for name in PAIR_FIELDS:
@@ -109,6 +141,15 @@ class Txt2ImgRequest:
 
 
 REQUEST_FIELDS = [f.name for f in fields(Txt2ImgRequest)]
+CAMERA_FIELDS = ("camera_pitch", "focal_length_mm", "aperture_f_number", "focus_distance_m", "dof_mode",
+                 "horizon_strength")
+
+
+def _check_number(name: str, value: Any, lo: float, hi: float, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be {'empty or ' if optional else ''}a finite number in [{lo}, {hi}], got {value!r}")
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
@@ -164,6 +205,7 @@ def micro_conditioning_arguments(pipe: Any, request: Txt2ImgRequest) -> tuple[di
 
 def run(request: Txt2ImgRequest, models: Any, on_step: StepCallback | None = None) -> Result:
     """Generate `request.batch_size` images for `request` with the model manager `models`."""
+    from studio.pipelines import camera
     from studio.pipelines.prompts import prompt_arguments
     from studio.schedulers import make_scheduler
 
@@ -172,15 +214,21 @@ def run(request: Txt2ImgRequest, models: Any, on_step: StepCallback | None = Non
     request.validate(entry)
     seed = resolve_seed(request.seed)
     state = {"steps_done": 0, "interrupted": False}
+    details: dict[str, Any] = {}
 
     with models.use(request.model, "txt2img") as pipe:
         # 2. The sampler for this request (the manager restores the model's own afterwards)
         pipe.scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
-        # 3. Prompts, chunked past 77 tokens
+        # 3. Prompts (with the camera's words), chunked past 77 tokens
         prompt_kwargs, prompt_info = prompt_arguments(pipe, *request.styled_prompts())
         # 4. Size and crop metadata, optionally on a cosine schedule
         conditioning_kwargs, schedule = micro_conditioning_arguments(pipe, request)
-        # 5. Denoise and decode
+        # 5. The initial noise, with the horizon layout when a pitch is set
+        generators = make_generators(seed, request.batch_size)
+        latents = camera.horizon_latents(pipe, request, generators)
+        if latents is not None:
+            details["camera"] = camera.horizon_details(request)
+        # 6. Denoise and decode
         output = pipe(
             **prompt_kwargs,
             **conditioning_kwargs,
@@ -189,11 +237,21 @@ def run(request: Txt2ImgRequest, models: Any, on_step: StepCallback | None = Non
             num_inference_steps=request.num_inference_steps,
             guidance_scale=request.guidance_scale,
             num_images_per_prompt=request.batch_size,
-            generator=make_generators(seed, request.batch_size),
+            generator=generators,
+            latents=latents,
             callback_on_step_end=step_callback(on_step, request.num_inference_steps, state, schedule),
         )
+    images = list(output.images)
 
-    # 6. Metadata that lets anyone remake these images
+    # 7. Depth of field through the lens, from each image's estimated depth; sharp ones are kept
+    originals: list = []
+    if request.aperture_f_number is not None and request.dof_mode == "lens":
+        with models.use_depth() as (depth_name, estimator):
+            blurred, dof = camera.apply_depth_of_field(images, estimator, request)
+        originals, images = images, blurred
+        details["depth_of_field"] = {"depth_model": depth_name, **dof}
+
+    # 8. Metadata that lets anyone remake these images
     metadata = {
         **asdict(request),
         "seed": seed,
@@ -203,7 +261,8 @@ def run(request: Txt2ImgRequest, models: Any, on_step: StepCallback | None = Non
         "family": entry.family,
         "repo_id": entry.repo_id,
         **prompt_info,
+        **details,
         "steps_done": state["steps_done"],
         "interrupted": state["interrupted"],
     }
-    return Result(images=list(output.images), seed=seed, metadata=metadata)
+    return Result(images=images, seed=seed, metadata=metadata, originals=originals)
