@@ -7,6 +7,7 @@ tokenizers are built here from the byte-level alphabet, so nothing comes from th
 
 The pipelines are written with `save_pretrained` once and then loaded with `from_pretrained`,
 exactly like a model downloaded from the Hub. Their images are noise-like and carry no meaning.
+The tiny metric depth model ("tiny-depth") is built in `studio.models.depth` and cached here too.
 """
 
 from __future__ import annotations
@@ -148,7 +149,23 @@ def build_tiny_sd15():
     )
 
 
-BUILDERS = {"tiny-sdxl": build_tiny_sdxl, "tiny-sd15": build_tiny_sd15}
+def save_pipeline(build):
+    """A saver writing the diffusers pipeline `build()` returns into a folder (safetensors)."""
+    return lambda folder: build().save_pretrained(folder)
+
+
+def save_depth(folder) -> None:
+    from studio.models.depth import save_tiny_depth
+
+    save_tiny_depth(folder)
+
+
+# kind -> (writes the model into a folder, the file whose presence proves the folder is complete)
+BUILDERS = {
+    "tiny-sdxl": (save_pipeline(build_tiny_sdxl), "model_index.json"),
+    "tiny-sd15": (save_pipeline(build_tiny_sd15), "model_index.json"),
+    "tiny-depth": (save_depth, "config.json"),
+}
 
 
 def ensure_tiny_model(kind: str, cache_dir: Path) -> Path:
@@ -159,17 +176,18 @@ def ensure_tiny_model(kind: str, cache_dir: Path) -> Path:
     """
     if kind not in BUILDERS:
         raise ValueError(f"tiny model must be one of {sorted(BUILDERS)}, got {kind!r}")
+    save, marker = BUILDERS[kind]
     target = Path(cache_dir) / f"{kind}-v{TINY_FORMAT_VERSION}"
-    if (target / "model_index.json").is_file():
+    if (target / marker).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=target.parent))
     try:
-        BUILDERS[kind]().save_pretrained(tmp)  # safetensors by default
+        save(tmp)
         try:
             os.replace(tmp, target)
         except OSError:  # another process won the race; its copy is identical
-            if not (target / "model_index.json").is_file():
+            if not (target / marker).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
