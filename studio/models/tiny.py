@@ -8,6 +8,7 @@ tokenizers are built here from the byte-level alphabet, so nothing comes from th
 The pipelines are written with `save_pretrained` once and then loaded with `from_pretrained`,
 exactly like a model downloaded from the Hub. Their images are noise-like and carry no meaning.
 The tiny metric depth model ("tiny-depth") is built in `studio.models.depth` and cached here too.
+"tiny-lora" is a seeded random LoRA on the tiny SDXL UNet, saved as diffusers' training scripts do.
 """
 
 from __future__ import annotations
@@ -160,11 +161,34 @@ def save_depth(folder) -> None:
     save_tiny_depth(folder)
 
 
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name
+
+
+def save_tiny_lora(folder) -> None:
+    """Write a rank-4 LoRA on the tiny SDXL UNet's attention, as diffusers' training scripts do."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = build_tiny_sdxl().unet
+    torch.manual_seed(1)  # the LoRA's own weights, seeded so the file is always the same
+    # init_lora_weights=False makes B random instead of zero, so the LoRA visibly changes images.
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                        init_lora_weights=False)
+    unet.add_adapter(config)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=layers, weight_name=LORA_WEIGHT_NAME,
+                                                safe_serialization=True)
+
+
 # kind -> (writes the model into a folder, the file whose presence proves the folder is complete)
 BUILDERS = {
     "tiny-sdxl": (save_pipeline(build_tiny_sdxl), "model_index.json"),
     "tiny-sd15": (save_pipeline(build_tiny_sd15), "model_index.json"),
     "tiny-depth": (save_depth, "config.json"),
+    "tiny-lora": (save_tiny_lora, LORA_WEIGHT_NAME),
 }
 
 
