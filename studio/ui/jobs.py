@@ -1,4 +1,4 @@
-"""Per-session Stop flags: the Stop button of one browser tab stops only that tab's job."""
+"""Per-session job control: Stop flags (a tab stops only its own job) and live-preview supersession."""
 
 from __future__ import annotations
 
@@ -29,3 +29,26 @@ class StopFlags:
         with self._lock:
             if self._flags.get(session) is flag:
                 del self._flags[session]
+
+
+class Latest:
+    """Per-session edit counters for live previews: each edit supersedes the previews before it.
+
+    An edit bumps the counter at once (outside the queue); a preview remembers the value it started
+    with and is stale, so it waits no further and stops at its next step, once they differ."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def bump(self, session: str) -> int:
+        with self._lock:
+            self._counts[session] = self._counts.get(session, 0) + 1
+            return self._counts[session]
+
+    def current(self, session: str) -> int:
+        with self._lock:
+            return self._counts.get(session, 0)
+
+    def stale(self, session: str, token: int) -> bool:
+        return self.current(session) != token

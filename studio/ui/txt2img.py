@@ -15,7 +15,10 @@ from studio.outputs import save_result_images
 from studio.pipelines import txt2img
 from studio.results import StepEvent
 from studio.schedulers import SCHEDULERS
+from studio.pipelines.drafts import draft_partner
+from studio.ui.camera import build_camera_panel, optional_number, wire_camera_summary
 from studio.ui.jobs import StopFlags
+from studio.ui.preview import wire_live_preview
 
 CUSTOM = "Custom"
 SIZE_RANGE = (64, 2048)  # the widest any model allows; each model's own limits are validated
@@ -77,6 +80,9 @@ def make_request(values: dict[str, Any]) -> txt2img.Txt2ImgRequest:
             v[name] = parse_pair(v[name])
     if v.get("crops_coords_top_left", ()) is None:
         v["crops_coords_top_left"] = (0, 0)
+    for name in ("camera_pitch", "focal_length_mm", "aperture_f_number", "focus_distance_m"):
+        if name in v:
+            v[name] = optional_number(v[name])
     return txt2img.Txt2ImgRequest(**v)
 
 
@@ -98,6 +104,8 @@ def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                draft_mode = gr.Button("⚡ Draft mode", elem_id="draft-mode")
+                live = gr.Checkbox(False, label="Live preview", elem_id="live-preview")
             model = gr.Dropdown(
                 [(registry.get(n).label, n) for n in registry.names("base")], value=default_model, label="Model",
                 elem_id="model",
@@ -113,6 +121,7 @@ def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops
                 scheduler = gr.Dropdown(list(SCHEDULERS), value=d.scheduler, label="Sampler", elem_id="scheduler")
                 seed = gr.Number(-1, label="Seed (-1: random)", precision=0, elem_id="seed")
                 batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="batch-size")
+            camera = build_camera_panel()
             with gr.Accordion("Style", open=False):
                 style_prompt = gr.Textbox("{prompt}", label="Style prompt ({prompt} is replaced by your prompt)", elem_id="style-prompt")
                 style_negative = gr.Textbox("", label="Style negative prompt (added to yours)", elem_id="style-negative")
@@ -130,10 +139,14 @@ def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops
                     neg_target_size = gr.Textbox("", label="Negative target size", placeholder="as above")
                 mc_power = gr.Slider(0, 8, value=0, step=0.5, label="Cosine schedule power (0: off)", elem_id="mc-power")
         with gr.Column(scale=3):
+            with gr.Group(visible=False) as preview_box:
+                preview_image = gr.Image(label="Live preview (draft)", type="pil", format="png", height=320,
+                                         interactive=False, elem_id="preview")
+                preview_caption = gr.Markdown("", elem_id="preview-caption")
             gallery = gr.Gallery(
                 label="Images", format="png", columns=2, object_fit="contain", height=560, elem_id="gallery"
             )
-            used_seed = gr.Number(None, label="Seed used", interactive=False, precision=0)
+            used_seed = gr.Number(None, label="Seed used", interactive=False, precision=0, placeholder="—")
             metadata = gr.JSON(label="Generation details", elem_id="details")
 
     fields = dict(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
@@ -141,7 +154,8 @@ def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops
                   scheduler=scheduler, model=model, style_prompt=style_prompt, style_negative_prompt=style_negative,
                   original_size=original_size, crops_coords_top_left=crops, target_size=target_size,
                   negative_original_size=neg_original_size, negative_crops_coords_top_left=neg_crops,
-                  negative_target_size=neg_target_size, micro_conditioning_power=mc_power)
+                  negative_target_size=neg_target_size, micro_conditioning_power=mc_power,
+                  **{k: camera[k] for k in txt2img.CAMERA_FIELDS})
     assert list(fields) == txt2img.REQUEST_FIELDS, "widgets must follow Txt2ImgRequest's fields"
 
     def run_txt2img(
@@ -149,19 +163,17 @@ def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops
         scheduler, model=default_model, style_prompt="{prompt}", style_negative_prompt="",
         original_size="", crops_coords_top_left="0, 0", target_size="", negative_original_size="",
         negative_crops_coords_top_left="", negative_target_size="", micro_conditioning_power=0.0,
+        camera_pitch=None, focal_length_mm=None, aperture_f_number=None, focus_distance_m=None,
+        dof_mode="lens", horizon_strength=0.6,
         progress=gr.Progress(track_tqdm=True), request: gr.Request = None,
     ):
-        """Generate images from text. Returns the images (PNG), the seed used and the settings."""
-        values = dict(
-            prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
-            batch_size=batch_size, scheduler=scheduler, model=model, style_prompt=style_prompt,
-            style_negative_prompt=style_negative_prompt, original_size=original_size,
-            crops_coords_top_left=crops_coords_top_left, target_size=target_size,
-            negative_original_size=negative_original_size,
-            negative_crops_coords_top_left=negative_crops_coords_top_left,
-            negative_target_size=negative_target_size, micro_conditioning_power=micro_conditioning_power,
-        )
+        """Generate images from text. Returns the images (PNG), the seed used and the settings.
+
+        Camera: camera_pitch (degrees, + looks up), focal_length_mm (full-frame equivalent),
+        aperture_f_number and focus_distance_m (lens blur from estimated depth; the sharp images
+        follow the blurred ones), dof_mode ("lens" or "prompt"), horizon_strength. None: off."""
+        arguments = locals()  # the request fields, by name, as the API and widgets sent them
+        values = {k: arguments[k] for k in txt2img.REQUEST_FIELDS}
         session = getattr(request, "session_hash", None) or "api"
         flag = stops.start(session)
 
@@ -176,8 +188,11 @@ def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops
             raise gr.Error(str(exc)) from exc
         finally:
             stops.finish(session, flag)
-        paths = save_result_images(result, req, outputs_dir)
-        return [str(p) for p in paths], result.seed, result.metadata
+        paths = [str(p) for p in save_result_images(result, req, outputs_dir)]
+        if result.originals:  # blurred images first, then their sharp originals
+            n = len(result.images)
+            paths = [(p, f"f/{req.aperture_f_number:g} lens blur" if i < n else "sharp") for i, p in enumerate(paths)]
+        return paths, result.seed, result.metadata
 
     # preprocess=False: raw values reach Txt2ImgRequest.validate, whose errors name the field,
     # the range and the value, also for API callers that bypass the sliders.
@@ -205,4 +220,19 @@ def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops
 
     model.input(on_model, [model], [aspect, width, height, steps, guidance, scheduler],
                 api_visibility="private", queue=False)
+
+    def on_draft_mode(model_name: str):
+        partner = draft_partner(registry, model_name)
+        if partner is None:
+            raise gr.Error(f"model {model_name!r} has no draft model in the registry")
+        return (partner, *on_model(partner))
+
+    draft_mode.click(on_draft_mode, [model], [model, aspect, width, height, steps, guidance, scheduler],
+                     api_visibility="private")
+
+    wire_camera_summary(camera, width, height)
+    live.change(lambda on: gr.update(visible=on), live, preview_box, queue=False, api_visibility="private")
+    triggers = [prompt, negative_prompt, model, width, height, seed, style_prompt,
+                *(camera[k] for k in txt2img.CAMERA_FIELDS)]
+    wire_live_preview(manager, fields, live, preview_image, preview_caption, triggers)
     return Txt2ImgWidgets(fields=fields, aspect=aspect)

@@ -1,0 +1,78 @@
+"""The Camera panel of the text-to-image tab: focal length, pitch and depth of field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from studio.camera import SENSOR_LONG_MM, focal_length_px, fov_degrees, horizon_row
+from studio.pipelines.txt2img import DOF_MODES
+
+HELP = (
+    "Leave a box empty to turn that control off. **Pitch** tilts the camera (+ looks up): the horizon "
+    "is placed at row H/2 + f·tan(pitch) by shaping the starting noise (sky above, ground below). "
+    "**Aperture** blurs each image after generation from its estimated depth, as a thin lens would "
+    "(the sharp image is kept too), or, with *prompt words only*, just asks the model for bokeh."
+)
+
+
+def optional_number(value: Any) -> Any:
+    """An empty box (None, "", "off") is None; numeric text becomes a number; the rest is passed
+    on for validation to refuse with the field's name."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "off", "none")):
+        return None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def camera_summary(focal_length_mm: Any, pitch: Any, width: Any, height: Any) -> str:
+    """One line on what the lens and tilt give at this size, e.g. the field of view and horizon row."""
+    focal, pitch = optional_number(focal_length_mm), optional_number(pitch)
+    if focal is None and pitch is None:
+        return "Camera off: plain text-to-image."
+    try:
+        f = 50.0 if focal is None else float(focal)
+        w, h = int(width), int(height)
+        short_mm = SENSOR_LONG_MM * min(w, h) / max(w, h)
+        across = (fov_degrees(f), fov_degrees(f, short_mm)) if w >= h else (fov_degrees(f, short_mm), fov_degrees(f))
+        text = f"{f:g} mm: field of view {across[0]:.1f}° × {across[1]:.1f}°"
+        if pitch is not None:
+            y = horizon_row(h, focal_length_px(f, w, h), float(pitch))
+            where = "above the frame" if y < 0 else "below the frame" if y > h else f"at row {y:.0f} of {h}"
+            text += f"; pitch {float(pitch):+g}° puts the horizon {where}"
+        return text + "."
+    except (TypeError, ValueError, OverflowError) as exc:
+        return f"Camera settings not valid yet: {exc}"
+
+
+def build_camera_panel() -> dict[str, gr.components.Component]:
+    """The panel's widgets, keyed by Txt2ImgRequest field, plus "summary" (a Markdown line)."""
+    with gr.Accordion("Camera", open=True, elem_id="camera"):
+        gr.Markdown(HELP)
+        with gr.Row():
+            focal = gr.Number(None, label="Focal length (mm, full frame)", placeholder="off · 14, 24, 50, 85, 200",
+                              elem_id="focal-length")
+            pitch = gr.Number(None, label="Pitch (°, + looks up)", placeholder="off · −60 … +60", elem_id="pitch")
+            strength = gr.Slider(0, 2, value=0.6, step=0.05, label="Horizon layout strength", elem_id="horizon-strength")
+        with gr.Row():
+            aperture = gr.Number(None, label="Aperture (f-number)", placeholder="off · 1.4, 1.8, 2.8, 8, 16",
+                                 elem_id="aperture")
+            focus = gr.Number(None, label="Focus distance (m)", placeholder="auto: the centre", elem_id="focus-distance")
+            dof_mode = gr.Radio([(label, mode) for mode, label in DOF_MODES.items()], value="lens",
+                                label="Depth of field from", elem_id="dof-mode")
+        summary = gr.Markdown(camera_summary(None, None, 1024, 1024), elem_id="camera-summary")
+    return dict(camera_pitch=pitch, focal_length_mm=focal, aperture_f_number=aperture, focus_distance_m=focus,
+                dof_mode=dof_mode, horizon_strength=strength, summary=summary)
+
+
+def wire_camera_summary(widgets: dict[str, gr.components.Component], width: Any, height: Any) -> None:
+    """Keep the summary line in step with the lens, tilt and size (no queue: it is arithmetic)."""
+    inputs = [widgets["focal_length_mm"], widgets["camera_pitch"], width, height]
+    for component in inputs:
+        component.change(camera_summary, inputs, widgets["summary"], queue=False, api_visibility="private")
+

@@ -1,0 +1,68 @@
+"""Live preview: while the user edits the prompt or the camera, a small draft is regenerated.
+
+Each edit bumps the session's counter at once, outside the queue (`Latest`). A preview waits a
+moment (the debounce), gives up if another edit came meanwhile, and otherwise runs the draft model
+with a step callback that stops it as soon as a newer edit supersedes it. Drafts are not saved.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gradio as gr
+
+from studio.models.manager import ModelUnavailable
+from studio.pipelines import txt2img
+from studio.pipelines.drafts import draft_request
+from studio.results import Result
+from studio.ui.jobs import Latest
+
+DEBOUNCE_S = 0.6  # a pause in typing this long starts a draft
+
+
+def live_preview(values: dict[str, Any], manager: Any, latest: Latest, session: str,
+                 debounce_s: float = DEBOUNCE_S) -> Result | None:
+    """The draft for the widget `values`, or None when a newer edit superseded it."""
+    from studio.ui.txt2img import make_request
+
+    token = latest.current(session)
+    time.sleep(debounce_s)
+    if latest.stale(session, token):
+        return None
+    request = draft_request(make_request(values), manager.registry)
+    result = txt2img.run(request, manager, on_step=lambda event: latest.stale(session, token))
+    return None if result.metadata["interrupted"] or latest.stale(session, token) else result
+
+
+def wire_live_preview(manager: Any, fields: dict[str, gr.components.Component], enabled: gr.Checkbox,
+                      image: gr.Image, caption: gr.Markdown, triggers: list[gr.components.Component]) -> None:
+    latest = Latest()
+    names = list(fields)
+
+    def session_of(request: gr.Request | None) -> str:
+        return getattr(request, "session_hash", None) or "api"
+
+    def bump(request: gr.Request):
+        latest.bump(session_of(request))
+
+    def preview(on: bool, *values, request: gr.Request = None):
+        if not on:
+            return gr.skip(), gr.skip()
+        try:
+            result = live_preview(dict(zip(names, values)), manager, latest, session_of(request))
+        except (ValueError, TypeError, ModelUnavailable) as exc:
+            return gr.skip(), f"Preview paused: {exc}"
+        if result is None:  # superseded: the newer edit's preview will answer
+            return gr.skip(), gr.skip()
+        m = result.metadata
+        return result.images[0], (f"Draft: {m['model']}, {m['num_inference_steps']} step(s), "
+                                  f"{m['width']}×{m['height']}, seed {m['seed']}. Not saved; press Generate to keep.")
+
+    for component in [enabled, *triggers]:
+        component.change(bump, None, None, queue=False, api_visibility="private")
+        # A separate queue from "gpu": a waiting preview never holds a generation slot, and the
+        # model manager's lock still runs one model at a time.
+        component.change(preview, [enabled, *fields.values()], [image, caption], trigger_mode="always_last",
+                         concurrency_id="preview", concurrency_limit=1, show_progress="hidden",
+                         api_visibility="private")
