@@ -104,8 +104,8 @@ def thin_lens_blur(image: np.ndarray, depth_m: np.ndarray, focus_m: float, focal
 
 # Words the text encoders know for what the numbers do. Thresholds follow photographers' usage
 # (full-frame focal lengths; pitch in degrees, positive looking up).
-FOCAL_TERMS = [(20, "ultra wide-angle lens, {f:g}mm"), (35, "wide-angle lens, {f:g}mm"),
-               (70, "standard lens, {f:g}mm"), (135, "telephoto lens, {f:g}mm, compressed perspective"),
+FOCAL_TERMS = [(21, "ultra wide-angle lens, {f:g}mm"), (40, "wide-angle lens, {f:g}mm"),
+               (70, "standard lens, {f:g}mm"), (136, "telephoto lens, {f:g}mm, compressed perspective"),
                (math.inf, "super telephoto lens, {f:g}mm, strongly compressed perspective")]
 PITCH_TERMS = [(-40, "bird's-eye view, looking steeply down"), (-10, "high-angle shot, looking down"),
                (10, "eye-level shot"), (40, "low-angle shot, looking up"), (math.inf, "worm's-eye view, looking steeply up")]

@@ -49,7 +49,7 @@ def cpu_probe():
 def manager(registry, tiny_cache):
     from studio.models.manager import ModelManager
 
-    return ModelManager(registry, cache_dir=tiny_cache, probe=cpu_probe)
+    return ModelManager(registry, cache_dir=tiny_cache, probe=cpu_probe, depth_model="tiny-depth")
 
 
 def free_port() -> int:

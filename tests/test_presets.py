@@ -18,7 +18,8 @@ REQUEST = Txt2ImgRequest(prompt="a red fox, in snow: at dawn", negative_prompt="
                          height=64, num_inference_steps=3, guidance_scale=4.5, seed=1234, batch_size=2,
                          scheduler="DPM++ 2M Karras", model="tiny", style_prompt="photo of {prompt}, 35mm",
                          style_negative_prompt="cartoon", original_size=(512, 768), crops_coords_top_left=(16, 0),
-                         micro_conditioning_power=1.5)
+                         micro_conditioning_power=1.5, camera_pitch=12.5, focal_length_mm=35.0,
+                         aperture_f_number=2.8, focus_distance_m=3.0, dof_mode="prompt", horizon_strength=0.8)
 
 
 def preset_dict(**overrides):
@@ -52,6 +53,18 @@ def test_preset_round_trips(registry, tmp_path):
     again = P.load_preset(path, registry)
     assert again == preset and again.to_request() == REQUEST
     assert P.preset_from_token(P.share_token(preset), registry) == preset
+
+
+def test_camera_section(registry):
+    camera = preset_dict()["camera"]
+    assert camera == {"camera_pitch": 12.5, "focal_length_mm": 35.0, "aperture_f_number": 2.8, "focus_distance_m": 3.0,
+                      "dof_mode": "prompt", "horizon_strength": 0.8}
+    no_camera = preset_dict()
+    del no_camera["camera"]  # presets written before the camera existed: every control off
+    request = P.parse_preset(json.dumps(no_camera), registry).to_request()
+    assert (request.camera_pitch, request.focal_length_mm, request.aperture_f_number) == (None, None, None)
+    portrait = P.load_preset(P.SHIPPED_DIR / "Photoreal portrait.json", registry)
+    assert (portrait.camera.focal_length_mm, portrait.camera.aperture_f_number, portrait.camera.dof_mode) == (85, 1.8, "lens")
 
 
 def test_every_shipped_preset_is_valid(registry):
@@ -90,7 +103,9 @@ def test_every_shipped_preset_runs_with_the_tiny_model(registry, manager):
 def test_infotext_quotes_like_a1111():
     text = infotext(REQUEST, 1235)
     lines = text.split("\n")
-    assert lines[0] == "photo of a red fox, in snow: at dawn, 35mm"  # what the model saw
+    # what the model saw, camera words included
+    assert lines[0] == ("photo of a red fox, in snow: at dawn, 35mm, wide-angle lens, 35mm, low-angle shot, "
+                        "looking up, shallow depth of field, bokeh, f/2.8")
     assert lines[1] == "Negative prompt: cartoon, blurry,"
     assert lines[-1] == ("Steps: 3, Sampler: DPM++ 2M Karras, CFG scale: 4.5, Seed: 1235, Size: 96x64, "
                          "Model: tiny, Batch size: 2, Generator: Studio")
@@ -183,6 +198,11 @@ def test_not_a_png(tmp_path):
         (preset_dict(model="sd3"), "preset model must be one of"),
         (preset_dict(model="sdxl-vae-fp16-fix"), "preset model must be one of"),
         (preset_dict(model="sdxl-base"), "width must be an integer in [256, 2048], got 96"),  # family limits
+        (preset_dict(**{"camera.camera_pitch": 90}), "camera.camera_pitch: Input should be less than or equal to 60"),
+        (preset_dict(**{"camera.aperture_f_number": "1.8"}), "camera.aperture_f_number: Input should be a valid number"),
+        (preset_dict(**{"camera.dof_mode": "blur"}), "camera.dof_mode: Input should be 'lens' or 'prompt'"),
+        (preset_dict(**{"camera.zoom": 2}), "camera.zoom: Extra inputs are not permitted"),
+        (preset_dict(**{"camera.focus_distance_m": 0.05}), "focus_distance_m: Input should be greater than or equal to 0.1"),
         (preset_dict(schema_version=2), "needs schema_version 2; this Studio reads up to 1"),
         (preset_dict(schema_version="1"), "schema_version"),
         ([1, 2], "must be a JSON object, got list"),

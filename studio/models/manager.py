@@ -238,8 +238,13 @@ class ModelManager:
             if self._depth is None or self._depth[0] != entry.name:
                 from studio.models.depth import load_depth_estimator
 
+                try:
+                    source = self.source(entry)
+                except ModelUnavailable as exc:
+                    raise ModelUnavailable(f"{exc}. The lens blur needs this depth model; without it, set depth "
+                                           "of field to 'prompt words only'.") from exc
                 info = self.device_info
-                self._depth = (entry.name, load_depth_estimator(self.source(entry), info.device, choose_dtype(info)))
+                self._depth = (entry.name, load_depth_estimator(source, info.device, choose_dtype(info)))
                 log.info("loaded depth model %s", entry.name)
             yield self._depth
 
