@@ -68,6 +68,9 @@ def test_random_seed_is_returned(client):
         (dict(scheduler="Heun 9000"), "scheduler must be one of"),
         (dict(model="no-such-model"), "unknown model 'no-such-model'"),
         (dict(seed=2.5), "seed must be an integer in [0, 4294967295], got 2.5"),
+        (dict(camera_pitch=80), "camera_pitch must be empty or a finite number in [-60, 60], got 80"),
+        (dict(aperture_f_number="wide"), "aperture_f_number must be empty or a finite number in [0.7, 64], got 'wide'"),
+        (dict(dof_mode="tilt-shift"), "dof_mode must be one of ['lens', 'prompt'], got 'tilt-shift'"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_saves_nothing(client, app, overrides, message):
@@ -80,6 +83,31 @@ def test_bad_input_is_a_clear_error_and_saves_nothing(client, app, overrides, me
     assert sorted(app[1].rglob("*.png")) == before
 
 
+CAMERA = ("camera_pitch", "focal_length_mm", "aperture_f_number", "focus_distance_m", "dof_mode", "horizon_strength")
+
+
+def test_camera_keywords(client, app):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    names = [p["parameter_name"] for p in endpoints["/txt2img"]["parameters"]]
+    assert set(CAMERA) <= set(names)
+    plain, _, plain_meta = generate(client, width=96, seed=21)
+    off, _, _ = generate(client, width=96, seed=21, camera_pitch=None, focal_length_mm=None, aperture_f_number=None,
+                         focus_distance_m=None)
+    assert np.array_equal(np.asarray(plain[0]), np.asarray(off[0]))  # the defaults are plain text-to-image
+    assert "camera" not in plain_meta and "depth_of_field" not in plain_meta
+
+    # An 85 mm lens wide open: on a 96 px image a 24 mm lens would blur less than a pixel.
+    gallery, _, meta = client.predict(**{**ARGS, "width": 96, "seed": 21}, camera_pitch=5, focal_length_mm=85,
+                                      aperture_f_number=1.4, focus_distance_m=2, api_name="/txt2img")
+    # 85 mm across 96 px is 226.7 px of focal length: the horizon at 32 + 226.7·tan(5°).
+    assert meta["camera"]["horizon_row"] == pytest.approx(32 + 96 * 85 / 36 * np.tan(np.radians(5)), abs=0.01)
+    assert meta["depth_of_field"]["focus_distance_m"] == [2.0] and meta["depth_of_field"]["depth_model"] == "tiny-depth"
+    assert [item["caption"] for item in gallery] == ["f/1.4 lens blur", "sharp"]
+    blurred, sharp = (Image.open(item["image"]) for item in gallery)
+    assert blurred.size == sharp.size == (96, 64) and not np.array_equal(np.asarray(blurred), np.asarray(sharp))
+    saved = sorted(p.name for p in app[1].rglob(f"*-{meta['seed']}-*.png"))
+    assert any(name.endswith("-sharp.png") for name in saved)
+    assert json.loads(blurred.info["studio"])["request"]["aperture_f_number"] == 1.4
 
 
 def test_presets_are_listed_and_fetched(client):
