@@ -126,6 +126,11 @@ def _registry_dict():
         (lambda d: d.update(default="missing"), "unknown model 'missing'"),
         (lambda d: d.update(schema_version=2), "schema_version"),
         (lambda d: d["models"][0].update(vae="sdxl-turbo"), "must name an entry with role 'vae'"),
+        (lambda d: d["models"][0].update(lora={"base": "sdxl-vae-fp16-fix"}), "must be a full base model"),
+        (lambda d: d["models"][0].update(lora={"base": "sd15"}), "must be a full base model of family 'sdxl'"),
+        (lambda d: d["models"][0].update(draft="sdxl-vae-fp16-fix"), "draft 'sdxl-vae-fp16-fix' must name a base model"),
+        (lambda d: d["depth_models"][0].update(repo_id=7), "repo_id"),
+        (lambda d: d["depth_models"].append(dict(d["depth_models"][0])), "model names must be unique"),
     ],
 )
 def test_registry_rejects_bad_files(tmp_path, mutate, message):

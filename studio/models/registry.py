@@ -49,12 +49,20 @@ class LoraSource(_Strict):
     scale: float = Field(1.0, ge=0.0, le=2.0)
 
 
-class ModelEntry(_Strict):
+class _Downloadable(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     label: str
+    repo_id: str  # a Hub repo id, or builtin:<tiny model>
+
+    @property
+    def builtin(self) -> str | None:
+        """The tiny model kind for built-in entries, else None."""
+        return self.repo_id[len(BUILTIN_PREFIX):] if self.repo_id.startswith(BUILTIN_PREFIX) else None
+
+
+class ModelEntry(_Downloadable):
     family: Literal["sdxl", "sd15"]
     role: Literal["base", "inpaint", "controlnet", "vae"]
-    repo_id: str  # a Hub repo id, or builtin:<tiny model>
     variant: str | None = None  # weight variant used in half precision ("fp16")
     vae: str | None = None  # registry name of a VAE to use in half precision
     min_size: int | None = None  # overrides the family's limits (tiny models work at 64 px)
@@ -64,27 +72,15 @@ class ModelEntry(_Strict):
     draft: str | None = None  # the fast model live previews use (None: this model itself)
 
     @property
-    def builtin(self) -> str | None:
-        """The tiny model kind for built-in entries, else None."""
-        return self.repo_id[len(BUILTIN_PREFIX):] if self.repo_id.startswith(BUILTIN_PREFIX) else None
-
-    @property
     def size_range(self) -> tuple[int, int]:
         family = FAMILY_SIZES[self.family]
         return (self.min_size or family["min_size"], self.max_size or family["max_size"])
 
 
-class DepthEntry(_Strict):
+class DepthEntry(_Downloadable):
     """A metric depth-estimation model (transformers), for the lens blur."""
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
-    label: str
     role: Literal["depth"] = "depth"
-    repo_id: str  # a Hub repo id, or builtin:<tiny model>
-
-    @property
-    def builtin(self) -> str | None:
-        return self.repo_id[len(BUILTIN_PREFIX):] if self.repo_id.startswith(BUILTIN_PREFIX) else None
 
 
 class Registry(_Strict):
