@@ -39,3 +39,38 @@ def test_sdxl_base_long_prompt(gpu_manager):
     result = run(req, gpu_manager)
     assert result.metadata["prompt_handling"].startswith("chunked")
     assert result.images[0].size == (1024, 1024)
+
+
+def test_lightning_loads_as_an_adapter_on_sdxl_base(gpu_manager):
+    from studio.pipelines.txt2img import Txt2ImgRequest, run
+
+    req = Txt2ImgRequest(prompt="a red apple on a white table, studio photo", num_inference_steps=4,
+                         guidance_scale=0.0, seed=0, scheduler="Euler trailing", model="sdxl-lightning")
+    image = np.asarray(run(req, gpu_manager).images[0], dtype=np.float32)
+    assert "sdxl-base" in gpu_manager.loaded() and gpu_manager.adapters("sdxl-base") == ["sdxl-lightning"]
+    assert image.std() > 20 and image[..., 0].mean() > image[..., 1].mean()
+
+
+def test_pitch_puts_sky_above_the_horizon(gpu_manager):
+    from studio.pipelines.txt2img import Txt2ImgRequest, run
+
+    # Looking up 10° through 50 mm at 1024 px: the horizon at 512 + 1422·tan(10°) ≈ row 763.
+    req = Txt2ImgRequest(prompt="a wide open plain under a clear sky, photo", seed=3, num_inference_steps=20,
+                         model="sdxl-base", camera_pitch=10.0, focal_length_mm=50.0)
+    image = np.asarray(run(req, gpu_manager).images[0], dtype=np.float32)
+    sky, ground = image[:700], image[830:]
+    assert sky[..., 2].mean() > ground[..., 2].mean() and sky.mean() > ground.mean()  # bluer, brighter
+
+
+def test_metric_depth_is_in_metres(gpu_manager):
+    from PIL import Image
+
+    from studio.models.depth import estimate_depth_m
+
+    # A floor receding to a wall: depth grows from the bottom of the picture to its middle.
+    y = np.linspace(0, 1, 384)[:, None, None]
+    image = Image.fromarray((np.clip(0.3 + 0.6 * y, 0, 1) * np.ones((384, 512, 3)) * 255).astype(np.uint8))
+    with gpu_manager.use_depth() as (name, estimator):
+        depth = estimate_depth_m(estimator, image)
+    assert name == "depth-anything-v2-metric-outdoor-small"
+    assert depth.shape == (384, 512) and 0.1 < np.median(depth) < 80
