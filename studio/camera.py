@@ -52,6 +52,20 @@ def circle_of_confusion_mm(depth_m, focus_m: float, focal_length_mm: float, f_nu
     return (f / f_number) * np.abs(s2 - s1) / s2 * f / (s1 - f)
 
 
+ACCEPTABLE_COC_MM = 0.03  # full frame's conventional "looks sharp" blur circle
+
+
+def depth_of_field_limits_m(focus_m: float, focal_length_mm: float, f_number: float,
+                            coc_mm: float = ACCEPTABLE_COC_MM) -> tuple[float, float]:
+    """Nearest and farthest distances (m) that look sharp: with hyperfocal distance
+    H = f²/(N·c) + f, near = s·(H − f)/(H + s − 2f) and far = s·(H − f)/(H − s) (inf past H)."""
+    f, s = focal_length_mm, focus_m * 1000.0
+    h = f * f / (f_number * coc_mm) + f
+    near = s * (h - f) / (h + s - 2 * f)
+    far = math.inf if s >= h else s * (h - f) / (h - s)
+    return near / 1000.0, far / 1000.0
+
+
 def disk_kernel(radius: float) -> np.ndarray:
     """A normalised, anti-aliased disk of `radius` pixels (the thin lens' blur spot)."""
     if radius < 0.5:

@@ -111,3 +111,28 @@ def test_defocused_foreground_spills_over_the_background():
     out = thin_lens_blur(image, depth, focus_m=5.0, focal_length_mm=85, f_number=1.4)
     assert out[:, 66, 0].min() > 0.05  # its blur reaches over the wall's edge, as in a real lens
     assert np.allclose(out[:, 110:], image[:, 110:])  # the wall away from it stays sharp
+
+
+def test_depth_of_field_limits():
+    from studio.camera import depth_of_field_limits_m
+
+    # 50 mm f/1.8 focused at 2 m (c = 0.03 mm): the usual tables give 1.92 m to 2.09 m.
+    assert depth_of_field_limits_m(2, 50, 1.8) == pytest.approx((1.919, 2.088), abs=1e-3)
+    # Focused at or past the hyperfocal distance (24 mm f/8: H = 24²/(8·0.03) + 24 mm = 2.424 m)
+    # everything to infinity is sharp, from about H/2.
+    near, far = depth_of_field_limits_m(2.424, 24, 8)
+    assert far == math.inf and near == pytest.approx(2.424 / 2, abs=0.01)
+    narrow, wide = (np.subtract(*reversed(depth_of_field_limits_m(3, 85, n))) for n in (1.4, 4))
+    assert narrow < wide  # stopping down deepens the sharp zone
+
+
+def test_camera_summary_line():
+    from studio.ui.camera import camera_summary
+
+    assert camera_summary(None, "", None, None, 1024, 1024) == "Camera off: plain text-to-image."
+    line = camera_summary(24, 10, 1.8, 2, 1344, 768)
+    assert line.startswith("24 mm: field of view 73.7° × 46.4°")  # 36 mm and 36·768/1344 mm across
+    assert f"horizon at row {384 + 896 * math.tan(math.radians(10)):.0f} of 768" in line
+    assert "f/1.8 at 2 m is sharp from 1.69 m to 2.45 m" in line
+    assert "below the frame" in camera_summary(24, 30, None, None, 1344, 768)  # past half the 46.4° view
+    assert camera_summary(50, "up", None, None, 64, 64).startswith("Camera settings not valid yet")

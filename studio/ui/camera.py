@@ -6,7 +6,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio.camera import SENSOR_LONG_MM, focal_length_px, fov_degrees, horizon_row
+from studio.camera import SENSOR_LONG_MM, depth_of_field_limits_m, focal_length_px, fov_degrees, horizon_row
 from studio.pipelines.txt2img import DOF_MODES
 
 HELP = (
@@ -30,10 +30,10 @@ def optional_number(value: Any) -> Any:
     return value
 
 
-def camera_summary(focal_length_mm: Any, pitch: Any, width: Any, height: Any) -> str:
-    """One line on what the lens and tilt give at this size, e.g. the field of view and horizon row."""
-    focal, pitch = optional_number(focal_length_mm), optional_number(pitch)
-    if focal is None and pitch is None:
+def camera_summary(focal_length_mm: Any, pitch: Any, aperture: Any, focus: Any, width: Any, height: Any) -> str:
+    """One line on what the lens gives at this size: field of view, horizon row, sharp zone."""
+    focal, pitch, aperture, focus = map(optional_number, (focal_length_mm, pitch, aperture, focus))
+    if focal is None and pitch is None and aperture is None:
         return "Camera off: plain text-to-image."
     try:
         f = 50.0 if focal is None else float(focal)
@@ -45,6 +45,12 @@ def camera_summary(focal_length_mm: Any, pitch: Any, width: Any, height: Any) ->
             y = horizon_row(h, focal_length_px(f, w, h), float(pitch))
             where = "above the frame" if y < 0 else "below the frame" if y > h else f"at row {y:.0f} of {h}"
             text += f"; pitch {float(pitch):+g}° puts the horizon {where}"
+        if aperture is not None and focus is not None:
+            near, far = depth_of_field_limits_m(float(focus), f, float(aperture))
+            text += f"; f/{float(aperture):g} at {float(focus):g} m is sharp from {near:.2f} m to " + (
+                "infinity" if far == float("inf") else f"{far:.2f} m")
+        elif aperture is not None:
+            text += f"; f/{float(aperture):g}, focused on the centre"
         return text + "."
     except (TypeError, ValueError, OverflowError) as exc:
         return f"Camera settings not valid yet: {exc}"
@@ -65,14 +71,15 @@ def build_camera_panel() -> dict[str, gr.components.Component]:
             focus = gr.Number(None, label="Focus distance (m)", placeholder="auto: the centre", elem_id="focus-distance")
             dof_mode = gr.Radio([(label, mode) for mode, label in DOF_MODES.items()], value="lens",
                                 label="Depth of field from", elem_id="dof-mode")
-        summary = gr.Markdown(camera_summary(None, None, 1024, 1024), elem_id="camera-summary")
+        summary = gr.Markdown(camera_summary(None, None, None, None, 1024, 1024), elem_id="camera-summary")
     return dict(camera_pitch=pitch, focal_length_mm=focal, aperture_f_number=aperture, focus_distance_m=focus,
                 dof_mode=dof_mode, horizon_strength=strength, summary=summary)
 
 
 def wire_camera_summary(widgets: dict[str, gr.components.Component], width: Any, height: Any) -> None:
     """Keep the summary line in step with the lens, tilt and size (no queue: it is arithmetic)."""
-    inputs = [widgets["focal_length_mm"], widgets["camera_pitch"], width, height]
+    inputs = [widgets[k] for k in ("focal_length_mm", "camera_pitch", "aperture_f_number", "focus_distance_m")]
+    inputs += [width, height]
     for component in inputs:
         component.change(camera_summary, inputs, widgets["summary"], queue=False, api_visibility="private")
 
