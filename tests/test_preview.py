@@ -40,14 +40,15 @@ def test_draft_mode_toggles_between_quality_and_draft(registry):
 
 
 def test_a_one_step_preview(manager):
-    result = live_preview(VALUES, manager, Latest(), "s", debounce_s=0)
+    result = live_preview(VALUES, manager, Latest(), "s", token=0, debounce_s=0)
     assert result.metadata["model"] == "tiny-fast" and result.metadata["steps_done"] == 1
     assert len(result.images) == 1 and result.images[0].size == (96, 64)
 
 
 def test_an_edit_during_the_debounce_skips_the_preview(manager):
     latest, out = Latest(), {}
-    thread = threading.Thread(target=lambda: out.update(result=live_preview(VALUES, manager, latest, "s", 0.5)))
+    token = latest.bump("s")  # the edit this preview is for
+    thread = threading.Thread(target=lambda: out.update(result=live_preview(VALUES, manager, latest, "s", token, 0.5)))
     thread.start()
     latest.bump("s")  # the user typed again
     latest.bump("other-tab")  # another session's edits change nothing here
@@ -71,14 +72,22 @@ def test_an_edit_during_the_run_cancels_the_preview(manager, monkeypatch):
 
     monkeypatch.setattr(txt2img, "run", run_with_an_edit_at_step_1)
     values = {**VALUES, "model": "tiny-sd15"}  # no draft model: a 2-step draft of itself
-    assert live_preview(values, manager, latest, "s", debounce_s=0) is None
+    assert live_preview(values, manager, latest, "s", token=0, debounce_s=0) is None
     (run,) = runs
     assert run.metadata["interrupted"] and run.metadata["steps_done"] == 1 < run.metadata["num_inference_steps"]
 
 
+def test_a_preview_queued_behind_newer_edits_never_runs(manager):
+    latest = Latest()
+    old = latest.bump("s")
+    latest.bump("s")  # typed again while the first preview waited in the queue
+    assert live_preview(VALUES, manager, latest, "s", old, debounce_s=0) is None
+    assert manager.loaded() == []
+
+
 def test_a_preview_of_invalid_settings_is_an_error(manager):
     with pytest.raises(ValueError, match="prompt must be a string"):
-        live_preview({**VALUES, "prompt": None}, manager, Latest(), "s", debounce_s=0)
+        live_preview({**VALUES, "prompt": None}, manager, Latest(), "s", token=0, debounce_s=0)
 
 
 def test_drafts_stay_within_the_draft_models_sizes(registry):

@@ -24,10 +24,15 @@ def optional_number(value: Any) -> Any:
         return None
     if isinstance(value, str):
         try:
-            return float(value)
+            return float(value.strip().replace("−", "-"))  # a typographic minus too
         except ValueError:
             return value
     return value
+
+
+def number_text(value: Any) -> str:
+    """How an optional number shows in its box: empty for None, 24 rather than 24.0."""
+    return "" if value is None else f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
 def camera_summary(focal_length_mm: Any, pitch: Any, aperture: Any, focus: Any, width: Any, height: Any) -> str:
@@ -61,14 +66,16 @@ def build_camera_panel() -> dict[str, gr.components.Component]:
     with gr.Accordion("Camera", open=True, elem_id="camera"):
         gr.Markdown(HELP)
         with gr.Row():
-            focal = gr.Number(None, label="Focal length (mm, full frame)", placeholder="off · 14, 24, 50, 85, 200",
-                              elem_id="focal-length")
-            pitch = gr.Number(None, label="Pitch (°, + looks up)", placeholder="off · −60 … +60", elem_id="pitch")
+            # Text boxes, not gr.Number: an empty box must mean "off" (Gradio's Number shows and sends
+            # 0 for an empty value, and 0° is a real, level pitch).
+            focal = gr.Textbox("", label="Focal length (mm, full frame)", placeholder="off · 14, 24, 50, 85, 200",
+                               elem_id="focal-length")
+            pitch = gr.Textbox("", label="Pitch (°, + looks up)", placeholder="off · −60 … +60", elem_id="pitch")
             strength = gr.Slider(0, 2, value=0.6, step=0.05, label="Horizon layout strength", elem_id="horizon-strength")
         with gr.Row():
-            aperture = gr.Number(None, label="Aperture (f-number)", placeholder="off · 1.4, 1.8, 2.8, 8, 16",
-                                 elem_id="aperture")
-            focus = gr.Number(None, label="Focus distance (m)", placeholder="auto: the centre", elem_id="focus-distance")
+            aperture = gr.Textbox("", label="Aperture (f-number)", placeholder="off · 1.4, 1.8, 2.8, 8, 16",
+                                  elem_id="aperture")
+            focus = gr.Textbox("", label="Focus distance (m)", placeholder="auto: the centre", elem_id="focus-distance")
             dof_mode = gr.Radio([(label, mode) for mode, label in DOF_MODES.items()], value="lens",
                                 label="Depth of field from", elem_id="dof-mode")
         summary = gr.Markdown(camera_summary(None, None, None, None, 1024, 1024), elem_id="camera-summary")

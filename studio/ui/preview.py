@@ -1,8 +1,9 @@
 """Live preview: while the user edits the prompt or the camera, a small draft is regenerated.
 
-Each edit bumps the session's counter at once, outside the queue (`Latest`). A preview waits a
-moment (the debounce), gives up if another edit came meanwhile, and otherwise runs the draft model
-with a step callback that stops it as soon as a newer edit supersedes it. Drafts are not saved.
+Each edit bumps the session's counter at once, outside the queue (`Latest`), and its preview is
+chained after that with the counter's new value as its token. A preview gives up as soon as the
+counter has moved on (before, during or after its debounce wait), and otherwise runs the draft
+model with a step callback that stops it when a newer edit supersedes it. Drafts are not saved.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from studio.ui.jobs import Latest
 DEBOUNCE_S = 0.6  # a pause in typing this long starts a draft
 
 
-def live_preview(values: dict[str, Any], manager: Any, latest: Latest, session: str,
+def live_preview(values: dict[str, Any], manager: Any, latest: Latest, session: str, token: int,
                  debounce_s: float = DEBOUNCE_S) -> Result | None:
-    """The draft for the widget `values`, or None when a newer edit superseded it."""
+    """The draft for the widget `values` of edit `token`, or None when a newer edit superseded it."""
     from studio.ui.txt2img import make_request
 
-    token = latest.current(session)
+    if latest.stale(session, token):
+        return None
     time.sleep(debounce_s)
     if latest.stale(session, token):
         return None
@@ -38,19 +40,20 @@ def live_preview(values: dict[str, Any], manager: Any, latest: Latest, session: 
 def wire_live_preview(manager: Any, fields: dict[str, gr.components.Component], enabled: gr.Checkbox,
                       image: gr.Image, caption: gr.Markdown, triggers: list[gr.components.Component]) -> None:
     latest = Latest()
-    names = list(fields)
 
     def session_of(request: gr.Request | None) -> str:
         return getattr(request, "session_hash", None) or "api"
 
-    def bump(request: gr.Request):
-        latest.bump(session_of(request))
+    def bump(request: gr.Request) -> int:
+        return latest.bump(session_of(request))
 
-    def preview(on: bool, *values, request: gr.Request = None):
-        if not on:
+    def preview(data: dict, request: gr.Request):
+        # One dict of inputs (not *values): Gradio injects `request` only into named parameters.
+        if not data[enabled]:
             return gr.skip(), gr.skip()
+        values = {name: data[widget] for name, widget in fields.items()}
         try:
-            result = live_preview(dict(zip(names, values)), manager, latest, session_of(request))
+            result = live_preview(values, manager, latest, session_of(request), data[edit])
         except (ValueError, TypeError, ModelUnavailable) as exc:
             return gr.skip(), f"Preview paused: {exc}"
         if result is None:  # superseded: the newer edit's preview will answer
@@ -59,10 +62,12 @@ def wire_live_preview(manager: Any, fields: dict[str, gr.components.Component], 
         return result.images[0], (f"Draft: {m['model']}, {m['num_inference_steps']} step(s), "
                                   f"{m['width']}×{m['height']}, seed {m['seed']}. Not saved; press Generate to keep.")
 
+    edit = gr.State(0)  # the token of this tab's latest edit
     for component in [enabled, *triggers]:
-        component.change(bump, None, None, queue=False, api_visibility="private")
-        # A separate queue from "gpu": a waiting preview never holds a generation slot, and the
-        # model manager's lock still runs one model at a time.
-        component.change(preview, [enabled, *fields.values()], [image, caption], trigger_mode="always_last",
-                         concurrency_id="preview", concurrency_limit=1, show_progress="hidden",
-                         api_visibility="private")
+        # The preview is chained after the bump, so it carries its own edit's token. It has a
+        # queue of its own, apart from "gpu": a waiting preview never holds a generation slot, and
+        # the model manager's lock still runs one model at a time.
+        component.change(bump, None, edit, queue=False, api_visibility="private").then(
+            preview, {edit, enabled, *fields.values()}, [image, caption], concurrency_id="preview",
+            concurrency_limit=1, show_progress="hidden", api_visibility="private",
+            trigger_mode="always_last")  # edits made while a preview runs are answered by one more

@@ -16,7 +16,7 @@ from studio.pipelines import txt2img
 from studio.results import StepEvent
 from studio.schedulers import SCHEDULERS
 from studio.pipelines.drafts import draft_partner
-from studio.ui.camera import build_camera_panel, optional_number, wire_camera_summary
+from studio.ui.camera import build_camera_panel, number_text, optional_number, wire_camera_summary
 from studio.ui.jobs import StopFlags
 from studio.ui.preview import wire_live_preview
 
@@ -80,16 +80,23 @@ def make_request(values: dict[str, Any]) -> txt2img.Txt2ImgRequest:
             v[name] = parse_pair(v[name])
     if v.get("crops_coords_top_left", ()) is None:
         v["crops_coords_top_left"] = (0, 0)
-    for name in ("camera_pitch", "focal_length_mm", "aperture_f_number", "focus_distance_m"):
+    for name in OPTIONAL_NUMBERS:
         if name in v:
             v[name] = optional_number(v[name])
     return txt2img.Txt2ImgRequest(**v)
 
 
+OPTIONAL_NUMBERS = ("camera_pitch", "focal_length_mm", "aperture_f_number", "focus_distance_m")  # empty: off
+
+
 def widget_values(request: txt2img.Txt2ImgRequest) -> list:
     """The request's fields as its widgets show them, in widget order."""
-    return [pair_text(getattr(request, k)) if k in txt2img.PAIR_FIELDS else getattr(request, k)
-            for k in txt2img.REQUEST_FIELDS]
+    def shown(name: str, value: Any) -> Any:
+        if name in txt2img.PAIR_FIELDS:
+            return pair_text(value)
+        return number_text(value) if name in OPTIONAL_NUMBERS else value
+
+    return [shown(k, getattr(request, k)) for k in txt2img.REQUEST_FIELDS]
 
 
 def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops: StopFlags) -> Txt2ImgWidgets:
