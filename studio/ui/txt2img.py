@@ -153,7 +153,7 @@ def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops
             gallery = gr.Gallery(
                 label="Images", format="png", columns=2, object_fit="contain", height=560, elem_id="gallery"
             )
-            used_seed = gr.Number(None, label="Seed used", interactive=False, precision=0, placeholder="—")
+            used_seed = gr.Number(None, label="Seed used", interactive=False, precision=0)
             metadata = gr.JSON(label="Generation details", elem_id="details")
 
     fields = dict(prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
