@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -12,8 +13,8 @@ from studio.pipelines.txt2img import Txt2ImgRequest
 from studio.ui.jobs import Latest
 from studio.ui.preview import live_preview
 
-VALUES = dict(prompt="a fox", negative_prompt="", width=96, height=64, num_inference_steps=2, guidance_scale=5.0,
-              seed=5, batch_size=2, scheduler="Euler", model="tiny")
+REQUEST = Txt2ImgRequest(prompt="a fox", negative_prompt="", width=96, height=64, num_inference_steps=2,
+                         guidance_scale=5.0, seed=5, batch_size=2, scheduler="Euler", model="tiny")
 
 
 def test_draft_request_uses_the_draft_model_small(registry):
@@ -40,7 +41,7 @@ def test_draft_mode_toggles_between_quality_and_draft(registry):
 
 
 def test_a_one_step_preview(manager):
-    result = live_preview(VALUES, manager, Latest(), "s", token=0, debounce_s=0)
+    result = live_preview(REQUEST, manager, Latest(), "s", token=0, debounce_s=0)
     assert result.metadata["model"] == "tiny-fast" and result.metadata["steps_done"] == 1
     assert len(result.images) == 1 and result.images[0].size == (96, 64)
 
@@ -48,7 +49,7 @@ def test_a_one_step_preview(manager):
 def test_an_edit_during_the_debounce_skips_the_preview(manager):
     latest, out = Latest(), {}
     token = latest.bump("s")  # the edit this preview is for
-    thread = threading.Thread(target=lambda: out.update(result=live_preview(VALUES, manager, latest, "s", token, 0.5)))
+    thread = threading.Thread(target=lambda: out.update(result=live_preview(REQUEST, manager, latest, "s", token, 0.5)))
     thread.start()
     latest.bump("s")  # the user typed again
     latest.bump("other-tab")  # another session's edits change nothing here
@@ -71,8 +72,8 @@ def test_an_edit_during_the_run_cancels_the_preview(manager, monkeypatch):
         return runs[-1]
 
     monkeypatch.setattr(txt2img, "run", run_with_an_edit_at_step_1)
-    values = {**VALUES, "model": "tiny-sd15"}  # no draft model: a 2-step draft of itself
-    assert live_preview(values, manager, latest, "s", token=0, debounce_s=0) is None
+    request = dataclasses.replace(REQUEST, model="tiny-sd15")  # no draft model: a 2-step draft of itself
+    assert live_preview(request, manager, latest, "s", token=0, debounce_s=0) is None
     (run,) = runs
     assert run.metadata["interrupted"] and run.metadata["steps_done"] == 1 < run.metadata["num_inference_steps"]
 
@@ -81,13 +82,13 @@ def test_a_preview_queued_behind_newer_edits_never_runs(manager):
     latest = Latest()
     old = latest.bump("s")
     latest.bump("s")  # typed again while the first preview waited in the queue
-    assert live_preview(VALUES, manager, latest, "s", old, debounce_s=0) is None
+    assert live_preview(REQUEST, manager, latest, "s", old, debounce_s=0) is None
     assert manager.loaded() == []
 
 
 def test_a_preview_of_invalid_settings_is_an_error(manager):
     with pytest.raises(ValueError, match="prompt must be a string"):
-        live_preview({**VALUES, "prompt": None}, manager, Latest(), "s", token=0, debounce_s=0)
+        live_preview(dataclasses.replace(REQUEST, prompt=None), manager, Latest(), "s", token=0, debounce_s=0)
 
 
 def test_drafts_stay_within_the_draft_models_sizes(registry):

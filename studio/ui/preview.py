@@ -9,6 +9,7 @@ model with a step callback that stops it when a newer edit supersedes it. Drafts
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -16,29 +17,31 @@ import gradio as gr
 from studio.models.manager import ModelUnavailable
 from studio.pipelines import txt2img
 from studio.pipelines.drafts import draft_request
+from studio.pipelines.txt2img import Txt2ImgRequest
 from studio.results import Result
 from studio.ui.jobs import Latest
 
 DEBOUNCE_S = 0.6  # a pause in typing this long starts a draft
 
 
-def live_preview(values: dict[str, Any], manager: Any, latest: Latest, session: str, token: int,
+def live_preview(request: Txt2ImgRequest, manager: Any, latest: Latest, session: str, token: int,
                  debounce_s: float = DEBOUNCE_S) -> Result | None:
-    """The draft for the widget `values` of edit `token`, or None when a newer edit superseded it."""
-    from studio.ui.txt2img import make_request
-
+    """The draft of `request` for edit `token`, or None when a newer edit superseded it."""
     if latest.stale(session, token):
         return None
     time.sleep(debounce_s)
     if latest.stale(session, token):
         return None
-    request = draft_request(make_request(values), manager.registry)
-    result = txt2img.run(request, manager, on_step=lambda event: latest.stale(session, token))
+    draft = draft_request(request, manager.registry)
+    result = txt2img.run(draft, manager, on_step=lambda event: latest.stale(session, token))
     return None if result.metadata["interrupted"] or latest.stale(session, token) else result
 
 
-def wire_live_preview(manager: Any, fields: dict[str, gr.components.Component], enabled: gr.Checkbox,
+def wire_live_preview(manager: Any, fields: dict[str, gr.components.Component],
+                      make_request: Callable[[dict[str, Any]], Txt2ImgRequest], enabled: gr.Checkbox,
                       image: gr.Image, caption: gr.Markdown, triggers: list[gr.components.Component]) -> None:
+    """Regenerate a draft into `image` after edits of `triggers` while `enabled` is ticked; the
+    request is made from the `fields` widgets' values by `make_request`."""
     latest = Latest()
 
     def session_of(request: gr.Request | None) -> str:
@@ -53,7 +56,7 @@ def wire_live_preview(manager: Any, fields: dict[str, gr.components.Component], 
             return gr.skip(), gr.skip()
         values = {name: data[widget] for name, widget in fields.items()}
         try:
-            result = live_preview(values, manager, latest, session_of(request), data[edit])
+            result = live_preview(make_request(values), manager, latest, session_of(request), data[edit])
         except (ValueError, TypeError, ModelUnavailable) as exc:
             return gr.skip(), f"Preview paused: {exc}"
         if result is None:  # superseded: the newer edit's preview will answer

@@ -13,15 +13,16 @@ from studio.models.manager import ModelUnavailable
 from studio.models.registry import ModelEntry
 from studio.outputs import save_result_images
 from studio.pipelines import txt2img
+from studio.pipelines.drafts import draft_partner
 from studio.results import StepEvent
 from studio.schedulers import SCHEDULERS
-from studio.pipelines.drafts import draft_partner
 from studio.ui.camera import build_camera_panel, number_text, optional_number, wire_camera_summary
 from studio.ui.jobs import StopFlags
 from studio.ui.preview import wire_live_preview
 
 CUSTOM = "Custom"
 SIZE_RANGE = (64, 2048)  # the widest any model allows; each model's own limits are validated
+OPTIONAL_NUMBERS = ("camera_pitch", "focal_length_mm", "aperture_f_number", "focus_distance_m")  # empty: off
 
 
 @dataclass
@@ -84,9 +85,6 @@ def make_request(values: dict[str, Any]) -> txt2img.Txt2ImgRequest:
         if name in v:
             v[name] = optional_number(v[name])
     return txt2img.Txt2ImgRequest(**v)
-
-
-OPTIONAL_NUMBERS = ("camera_pitch", "focal_length_mm", "aperture_f_number", "focus_distance_m")  # empty: off
 
 
 def widget_values(request: txt2img.Txt2ImgRequest) -> list:
@@ -241,5 +239,5 @@ def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops
     live.change(lambda on: gr.update(visible=on), live, preview_box, queue=False, api_visibility="private")
     triggers = [prompt, negative_prompt, model, width, height, seed, style_prompt,
                 *(camera[k] for k in txt2img.CAMERA_FIELDS)]
-    wire_live_preview(manager, fields, live, preview_image, preview_caption, triggers)
+    wire_live_preview(manager, fields, make_request, live, preview_image, preview_caption, triggers)
     return Txt2ImgWidgets(fields=fields, aspect=aspect)
