@@ -92,9 +92,7 @@ class Txt2ImgRequest:
         _check_int("batch_size", self.batch_size, 1, 8)
         if self.seed != -1:
             _check_int("seed", self.seed, 0, MAX_SEED)
-        g = self.guidance_scale
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or not 0 <= g <= 30:
-            raise ValueError(f"guidance_scale must be a finite number in [0, 30], got {g!r}")
+        _check_number("guidance_scale", self.guidance_scale, 0, 30)
         check_scheduler_name(self.scheduler)
         self._validate_micro_conditioning(entry)
         self._validate_camera()
@@ -119,9 +117,7 @@ class Txt2ImgRequest:
             if not (isinstance(value, tuple) and len(value) == 2
                     and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 8192 for v in value)):
                 raise ValueError(f"{name} must be two integers in [0, 8192], got {value!r}")
-        p = self.micro_conditioning_power
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or not 0 <= p <= 8:
-            raise ValueError(f"micro_conditioning_power must be a finite number in [0, 8], got {p!r}")
+        _check_number("micro_conditioning_power", self.micro_conditioning_power, 0, 8)
         defaults = {name: f.default for name, f in Txt2ImgRequest.__dataclass_fields__.items()}
         changed = [n for n in (*PAIR_FIELDS, "micro_conditioning_power") if getattr(self, n) != defaults[n]]
         if changed and entry.family != "sdxl":
@@ -213,6 +209,7 @@ def run(request: Txt2ImgRequest, models: Any, on_step: StepCallback | None = Non
     entry = models.registry.get(request.model)
     request.validate(entry)
     seed = resolve_seed(request.seed)
+    prompt, negative_prompt = request.styled_prompts()
     state = {"steps_done": 0, "interrupted": False}
     details: dict[str, Any] = {}
 
@@ -220,7 +217,7 @@ def run(request: Txt2ImgRequest, models: Any, on_step: StepCallback | None = Non
         # 2. The sampler for this request (the manager restores the model's own afterwards)
         pipe.scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
         # 3. Prompts (with the camera's words), chunked past 77 tokens
-        prompt_kwargs, prompt_info = prompt_arguments(pipe, *request.styled_prompts())
+        prompt_kwargs, prompt_info = prompt_arguments(pipe, prompt, negative_prompt)
         # 4. Size and crop metadata, optionally on a cosine schedule
         conditioning_kwargs, schedule = micro_conditioning_arguments(pipe, request)
         # 5. The initial noise, with the horizon layout when a pitch is set
@@ -255,8 +252,8 @@ def run(request: Txt2ImgRequest, models: Any, on_step: StepCallback | None = Non
     metadata = {
         **asdict(request),
         "seed": seed,
-        "styled_prompt": request.styled_prompts()[0],
-        "styled_negative_prompt": request.styled_prompts()[1],
+        "styled_prompt": prompt,
+        "styled_negative_prompt": negative_prompt,
         "seeds": [(seed + i) % (MAX_SEED + 1) for i in range(request.batch_size)],
         "family": entry.family,
         "repo_id": entry.repo_id,

@@ -11,8 +11,6 @@ from studio.ui.jobs import StopFlags
 from studio.ui.presets import PresetStore, build_preset_api, build_presets_panel
 from studio.ui.txt2img import build_txt2img_tab
 
-GPU = "gpu"  # the one concurrency group every GPU event shares
-
 
 def build_app(manager: Any, default_model: str, outputs_dir: Path, user_presets: Path,
               notice: str | None = None) -> gr.Blocks:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+GPU = "gpu"  # the one concurrency group every GPU event shares
+
 
 class StopFlags:
     def __init__(self) -> None:

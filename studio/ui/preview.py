@@ -68,7 +68,7 @@ def wire_live_preview(manager: Any, fields: dict[str, gr.components.Component],
     edit = gr.State(0)  # the token of this tab's latest edit
     for component in [enabled, *triggers]:
         # The preview is chained after the bump, so it carries its own edit's token. It has a
-        # queue of its own, apart from "gpu": a waiting preview never holds a generation slot, and
+        # queue of its own, apart from the GPU group: a waiting preview never holds a generation slot, and
         # the model manager's lock still runs one model at a time.
         component.change(bump, None, edit, queue=False, api_visibility="private").then(
             preview, {edit, enabled, *fields.values()}, [image, caption], concurrency_id="preview",

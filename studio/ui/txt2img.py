@@ -17,7 +17,7 @@ from studio.pipelines.drafts import draft_partner
 from studio.results import StepEvent
 from studio.schedulers import SCHEDULERS
 from studio.ui.camera import build_camera_panel, number_text, optional_number, wire_camera_summary
-from studio.ui.jobs import StopFlags
+from studio.ui.jobs import GPU, StopFlags
 from studio.ui.preview import wire_live_preview
 
 CUSTOM = "Custom"
@@ -203,7 +203,7 @@ def build_txt2img_tab(manager: Any, default_model: str, outputs_dir: Path, stops
     # the range and the value, also for API callers that bypass the sliders.
     generate.click(
         run_txt2img, inputs=list(fields.values()), outputs=[gallery, used_seed, metadata],
-        api_name="txt2img", concurrency_id="gpu", concurrency_limit=1, preprocess=False,
+        api_name="txt2img", concurrency_id=GPU, concurrency_limit=1, preprocess=False,
     )
 
     def stop_job(request: gr.Request) -> None:
