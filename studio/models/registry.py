@@ -1,4 +1,4 @@
-"""The model registry: which models users can pick, where they come from, and their defaults.
+"""The model registry: model families, which models users can pick, where they come from, defaults.
 
 It is data (`presets/models.json`) validated by pydantic; unknown keys and bad values are errors.
 """
@@ -9,22 +9,57 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from studio.schedulers import check_scheduler_name
 
 DEFAULT_REGISTRY = Path(__file__).resolve().parents[2] / "presets" / "models.json"
 BUILTIN_PREFIX = "builtin:"
-
-# Image size limits and the native area the buckets aim for, per family.
-FAMILY_SIZES = {
-    "sdxl": {"min_size": 256, "max_size": 2048, "native_area": 1024 * 1024},
-    "sd15": {"min_size": 256, "max_size": 2048, "native_area": 512 * 512},
-}
+Task = Literal["txt2img", "img2img", "inpaint"]
+LEASABLE_ROLES = ("base", "inpaint")  # roles a job can lease as its model
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class FamilyVram(_Strict):
+    """Free VRAM (GB) the family needs in fp16, weights plus a full-size decode."""
+
+    full: float = Field(gt=0)  # to run entirely on the GPU
+    model_offload: float = Field(gt=0)  # with whole-model CPU offload; below it, layer by layer
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.model_offload > self.full:
+            raise ValueError(f"vram_gb.model_offload ({self.model_offload}) must not exceed vram_gb.full ({self.full})")
+        return self
+
+
+class FamilyWeights(_Strict):
+    """Size (GB) of a checkpoint's fp16 weights, to plan memory before anything is downloaded."""
+
+    base: float = Field(gt=0)  # a full pipeline (also used for inpainting checkpoints)
+    controlnet: float = Field(gt=0)
+
+
+class Family(_Strict):
+    """What an architecture (SDXL, SD 1.5) supports and needs; every model names its family."""
+
+    label: str
+    tasks: list[Task] = Field(min_length=1)
+    min_size: int = Field(ge=64, multiple_of=8)  # image side limits in pixels
+    max_size: int = Field(le=4096, multiple_of=8)
+    native_area: int = Field(gt=0)  # the pixel count it was trained at; size buckets aim for it
+    vram_gb: FamilyVram
+    weights_gb: FamilyWeights
+    micro_conditioning: bool  # SDXL's size and crop conditioning (original_size, target_size, ...)
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size ({self.min_size}) must not exceed max_size ({self.max_size})")
+        return self
 
 
 class ModelDefaults(_Strict):
@@ -41,12 +76,12 @@ class ModelDefaults(_Strict):
 
 
 class LoraSource(_Strict):
-    """A distilled model shipped as a LoRA (SDXL-Lightning, LCM-LoRA): loaded as an adapter on the
-    already-loaded `base`, never as a second full model."""
+    """A LoRA file: a distilled model (SDXL-Lightning, LCM-LoRA) or a stackable style. It is loaded
+    as an adapter on an already-loaded model of its family, never as a second full model."""
 
-    base: str  # registry name of the base model it was distilled from
+    base: str  # registry name of the base model it was trained on
     weight_name: str = "pytorch_lora_weights.safetensors"  # the file inside the repo
-    scale: float = Field(1.0, ge=0.0, le=2.0)
+    scale: float = Field(1.0, ge=0.0, le=2.0)  # its weight when it is leased as the model
 
 
 class _Downloadable(_Strict):
@@ -61,8 +96,10 @@ class _Downloadable(_Strict):
 
 
 class ModelEntry(_Downloadable):
-    family: Literal["sdxl", "sd15"]
-    role: Literal["base", "inpaint", "controlnet", "vae"]
+    family: str  # a key of the registry's `families`
+    # base: a full model (or, with `lora`, a distilled model on one); inpaint: an inpainting
+    # checkpoint; controlnet and lora: added to a base per job; vae: a replacement VAE
+    role: Literal["base", "inpaint", "controlnet", "lora", "vae"]
     variant: str | None = None  # weight variant used in half precision ("fp16")
     vae: str | None = None  # registry name of a VAE to use in half precision
     min_size: int | None = None  # overrides the family's limits (tiny models work at 64 px)
@@ -70,11 +107,14 @@ class ModelEntry(_Downloadable):
     defaults: ModelDefaults = ModelDefaults()
     lora: LoraSource | None = None  # set: repo_id holds a LoRA applied on lora.base
     draft: str | None = None  # the fast model live previews use (None: this model itself)
+    _family: Family | None = PrivateAttr(None)  # resolved by the Registry that holds this entry
 
     @property
     def size_range(self) -> tuple[int, int]:
-        family = FAMILY_SIZES[self.family]
-        return (self.min_size or family["min_size"], self.max_size or family["max_size"])
+        """(smallest, largest) image side in pixels: this model's override, else its family's."""
+        if self._family is None:
+            raise RuntimeError(f"model {self.name!r} was not validated in a Registry, so its family's sizes are unknown")
+        return (self.min_size or self._family.min_size, self.max_size or self._family.max_size)
 
 
 class DepthEntry(_Downloadable):
@@ -86,15 +126,9 @@ class DepthEntry(_Downloadable):
 class Registry(_Strict):
     schema_version: Literal[1]
     default: str
+    families: dict[str, Family]
     models: list[ModelEntry]
     depth_models: list[DepthEntry] = []  # the first is the default
-
-    def depth(self, name: str | None = None) -> DepthEntry:
-        """Depth model `name`, or the default one."""
-        for m in self.depth_models:
-            if name is None or m.name == name:
-                return m
-        raise ValueError(f"unknown depth model {name!r}; expected one of {[m.name for m in self.depth_models]}")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -102,17 +136,30 @@ class Registry(_Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"model names must be unique, repeated: {duplicates}")
+        for m in self.models:
+            if m.family not in self.families:
+                raise ValueError(f"model {m.name!r}: family {m.family!r} must be one of {sorted(self.families)}")
+            m._family = self.families[m.family]  # so that entry.size_range needs no registry
         if self.get(self.default).role != "base":
             raise ValueError(f"default model must have role 'base', {self.default!r} does not")
         for m in self.models:
-            if m.vae is not None and self.get(m.vae).role != "vae":
-                raise ValueError(f"model {m.name!r}: vae {m.vae!r} must name an entry with role 'vae'")
-            if m.lora is not None and (self.get(m.lora.base).role != "base" or self.get(m.lora.base).lora
-                                       or self.get(m.lora.base).family != m.family):
-                raise ValueError(f"model {m.name!r}: lora.base {m.lora.base!r} must be a full base model of family {m.family!r}")
-            if m.draft is not None and self.get(m.draft).role != "base":
-                raise ValueError(f"model {m.name!r}: draft {m.draft!r} must name a base model")
+            self._check_links(m)
         return self
+
+    def _check_links(self, m: ModelEntry) -> None:
+        """The names an entry refers to exist and have the right role and family."""
+        if m.vae is not None and self.get(m.vae).role != "vae":
+            raise ValueError(f"model {m.name!r}: vae {m.vae!r} must name an entry with role 'vae'")
+        if m.role == "lora" and m.lora is None:
+            raise ValueError(f"model {m.name!r}: role 'lora' needs a `lora` source")
+        if m.lora is not None and m.role not in ("base", "lora"):
+            raise ValueError(f"model {m.name!r}: only base and lora entries may have a `lora` source, not role {m.role!r}")
+        if m.lora is not None:
+            base = self.get(m.lora.base)
+            if base.role != "base" or base.lora is not None or base.family != m.family:
+                raise ValueError(f"model {m.name!r}: lora.base {m.lora.base!r} must be a full base model of family {m.family!r}")
+        if m.draft is not None and self.get(m.draft).role != "base":
+            raise ValueError(f"model {m.name!r}: draft {m.draft!r} must name a base model")
 
     def get(self, name: str) -> ModelEntry:
         for m in self.models:
@@ -120,8 +167,28 @@ class Registry(_Strict):
                 return m
         raise ValueError(f"unknown model {name!r}; expected one of {[m.name for m in self.models]}")
 
-    def names(self, role: str = "base") -> list[str]:
-        return [m.name for m in self.models if m.role == role]
+    def family(self, name: str) -> Family:
+        if name not in self.families:
+            raise ValueError(f"unknown model family {name!r}; expected one of {sorted(self.families)}")
+        return self.families[name]
+
+    def tasks(self, entry: ModelEntry) -> list[str]:
+        """The tasks a job can lease `entry` for: its family's, and an inpainting checkpoint only inpaints."""
+        tasks = self.family(entry.family).tasks
+        if entry.role == "base":
+            return list(tasks)
+        return ["inpaint"] if entry.role == "inpaint" and "inpaint" in tasks else []
+
+    def names(self, role: str = "base", task: str | None = None) -> list[str]:
+        """Names of the models with `role`, and when `task` is given, only those that can do it."""
+        return [m.name for m in self.models if m.role == role and (task is None or task in self.tasks(m))]
+
+    def depth(self, name: str | None = None) -> DepthEntry:
+        """Depth model `name`, or the default one."""
+        for m in self.depth_models:
+            if name is None or m.name == name:
+                return m
+        raise ValueError(f"unknown depth model {name!r}; expected one of {[m.name for m in self.depth_models]}")
 
 
 def load_registry(path: str | Path = DEFAULT_REGISTRY) -> Registry:

@@ -8,7 +8,9 @@ tokenizers are built here from the byte-level alphabet, so nothing comes from th
 The pipelines are written with `save_pretrained` once and then loaded with `from_pretrained`,
 exactly like a model downloaded from the Hub. Their images are noise-like and carry no meaning.
 The tiny metric depth model ("tiny-depth") is built in `studio.models.depth` and cached here too.
-"tiny-lora" is a seeded random LoRA on the tiny SDXL UNet, saved as diffusers' training scripts do.
+"tiny-lora" and "tiny-lora-b" are seeded random LoRAs on the tiny SDXL UNet, saved as diffusers'
+training scripts do; "tiny-controlnet" is a ControlNet copied from that UNet and "tiny-inpaint" an
+SDXL inpainting pipeline, so every registry role has a built-in stand-in.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def _scheduler():
     )
 
 
-def _unet(cross_attention_dim: int, sdxl: bool):
+def _unet(cross_attention_dim: int, sdxl: bool, in_channels: int = 4):
     from diffusers import UNet2DConditionModel
 
     extra = {}
@@ -99,7 +101,7 @@ def _unet(cross_attention_dim: int, sdxl: bool):
         layers_per_block=1,
         norm_num_groups=4,
         sample_size=8,
-        in_channels=4,
+        in_channels=in_channels,  # 9 for inpainting: noisy latents, the mask and the masked image's latents
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -109,17 +111,15 @@ def _unet(cross_attention_dim: int, sdxl: bool):
     )
 
 
-def build_tiny_sdxl():
-    """A StableDiffusionXLPipeline with random weights (seeded, so always the same)."""
-    import torch
-    from diffusers import StableDiffusionXLPipeline
+def _sdxl_components(unet_in_channels: int = 4) -> dict:
+    """The components of a tiny SDXL pipeline, drawn from the random state the caller seeded."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    torch.manual_seed(0)
     tokenizer = build_clip_tokenizer()
     config = _clip_config(tokenizer)
-    components = dict(
-        unet=_unet(cross_attention_dim=2 * TEXT_HIDDEN, sdxl=True),  # both encoders concatenated
+    return dict(
+        # cross attention sees both encoders concatenated
+        unet=_unet(cross_attention_dim=2 * TEXT_HIDDEN, sdxl=True, in_channels=unet_in_channels),
         vae=_vae(),
         scheduler=_scheduler(),
         text_encoder=CLIPTextModel(config),
@@ -127,7 +127,43 @@ def build_tiny_sdxl():
         tokenizer=tokenizer,
         tokenizer_2=build_clip_tokenizer(),
     )
-    return StableDiffusionXLPipeline(**components, force_zeros_for_empty_prompt=True)
+
+
+def build_tiny_sdxl():
+    """A StableDiffusionXLPipeline with random weights (seeded, so always the same)."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    torch.manual_seed(0)
+    return StableDiffusionXLPipeline(**_sdxl_components(), force_zeros_for_empty_prompt=True)
+
+
+def build_tiny_sdxl_inpaint():
+    """A StableDiffusionXLInpaintPipeline (UNet with 9 input channels) with seeded random weights."""
+    import torch
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    torch.manual_seed(2)
+    return StableDiffusionXLInpaintPipeline(**_sdxl_components(unet_in_channels=9), requires_aesthetics_score=False,
+                                            force_zeros_for_empty_prompt=True)
+
+
+def build_tiny_controlnet():
+    """A ControlNet for the tiny SDXL model, copied from its UNet as diffusers' training scripts do.
+
+    `from_unet` zero-initialises the output convolutions (training starts from "no effect"), so an
+    untrained copy would change nothing; seeded random ones make its effect visible in tests."""
+    import torch
+    from diffusers import ControlNetModel
+
+    controlnet = ControlNetModel.from_unet(build_tiny_sdxl().unet)
+    torch.manual_seed(3)
+    outputs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+               controlnet.controlnet_cond_embedding.conv_out]
+    with torch.no_grad():
+        for conv in outputs:
+            conv.weight.normal_(std=0.05)
+    return controlnet
 
 
 def build_tiny_sd15():
@@ -164,8 +200,9 @@ def save_depth(folder) -> None:
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name
 
 
-def save_tiny_lora(folder) -> None:
-    """Write a rank-4 LoRA on the tiny SDXL UNet's attention, as diffusers' training scripts do."""
+def save_tiny_lora(folder, seed: int = 1) -> None:
+    """Write a rank-4 LoRA on the tiny SDXL UNet's attention, as diffusers' training scripts do;
+    each `seed` gives a different LoRA."""
     import torch
     from diffusers import StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -173,7 +210,7 @@ def save_tiny_lora(folder) -> None:
     from peft.utils import get_peft_model_state_dict
 
     unet = build_tiny_sdxl().unet
-    torch.manual_seed(1)  # the LoRA's own weights, seeded so the file is always the same
+    torch.manual_seed(seed)  # the LoRA's own weights, seeded so the file is always the same
     # init_lora_weights=False makes B random instead of zero, so the LoRA visibly changes images.
     config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
                         init_lora_weights=False)
@@ -189,6 +226,9 @@ BUILDERS = {
     "tiny-sd15": (save_pipeline(build_tiny_sd15), "model_index.json"),
     "tiny-depth": (save_depth, "config.json"),
     "tiny-lora": (save_tiny_lora, LORA_WEIGHT_NAME),
+    "tiny-lora-b": (lambda folder: save_tiny_lora(folder, seed=4), LORA_WEIGHT_NAME),
+    "tiny-controlnet": (lambda folder: build_tiny_controlnet().save_pretrained(folder), "config.json"),
+    "tiny-inpaint": (save_pipeline(build_tiny_sdxl_inpaint), "model_index.json"),
 }
 
 
