@@ -29,9 +29,9 @@ def test_one_step_draft_runs(manager):
 
 
 def test_adapter_is_loaded_on_the_base_not_as_a_second_model(manager):
-    with manager.use("tiny"):
+    with manager.lease("tiny"):
         pass
-    with manager.use("tiny-fast"):
+    with manager.lease("tiny-fast"):
         pass
     assert manager.loaded() == ["tiny"]
     assert manager.adapters("tiny") == ["tiny-fast"]

@@ -1,15 +1,19 @@
-"""ModelManager decisions with fake device probes, and its loading, sharing and eviction."""
+"""ModelManager decisions with fake device probes, its loading, sharing and eviction, model
+families as registry data, availability and the startup fallback. Leases: tests/test_lease.py."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
 
+from studio.models.loading import estimate_bytes
 from studio.models.manager import (
     GB, DeviceInfo, ModelManager, ModelUnavailable, choose_dtype, choose_offload, load_from_pretrained,
     memory_budget, pipeline_bytes,
 )
+from studio.models.registry import DEFAULT_REGISTRY, FamilyVram
 
 GPU_24GB = DeviceInfo("cuda", free_bytes=23 * GB, ram_bytes=64 * GB)
 GPU_8GB = DeviceInfo("cuda", free_bytes=7.5 * GB, ram_bytes=32 * GB)
@@ -30,9 +34,15 @@ CPU = DeviceInfo("cpu", free_bytes=20 * GB, ram_bytes=20 * GB)
         (CPU, "sdxl", "float32", "none"),
     ],
 )
-def test_device_dtype_and_offload_decisions(info, family, dtype, offload):
+def test_device_dtype_and_offload_decisions(registry, info, family, dtype, offload):
     assert choose_dtype(info) == dtype
-    assert choose_offload(info, family) == offload
+    assert choose_offload(info, registry.family(family).vram_gb) == offload
+
+
+def test_offload_follows_the_family_numbers():
+    assert choose_offload(GPU_8GB, FamilyVram(full=7.0, model_offload=3.0)) == "none"
+    assert choose_offload(GPU_8GB, FamilyVram(full=20.0, model_offload=7.0)) == "model"
+    assert choose_offload(GPU_8GB, FamilyVram(full=20.0, model_offload=8.0)) == "sequential"
 
 
 def test_memory_budget():
@@ -102,7 +112,7 @@ def test_lru_eviction_within_budget(registry, tiny_cache):
     assert [c[0] for c in loader.calls] == ["tiny", "tiny-sd15", "tiny-b", "tiny-sd15"]
 
 
-def test_use_restores_the_scheduler_and_serialises(manager):
+def test_deprecated_use_is_a_lease(manager):
     from studio.schedulers import make_scheduler
 
     with manager.use("tiny") as pipe:
@@ -122,26 +132,138 @@ def test_use_restores_the_scheduler_and_serialises(manager):
     assert manager.pipeline("tiny").scheduler is original
 
 
-def test_unavailable_model_falls_back_to_tiny_with_a_notice(registry, tiny_cache):
-    def offline(repo_id):
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, so that nothing real on this machine counts as cached."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return tmp_path / "hub"
+
+
+class FailingHub:
+    def __init__(self):
+        self.calls: list[str] = []
+
+    def __call__(self, repo_id):
+        self.calls.append(repo_id)
         raise ConnectionError("no network")
 
-    m = ModelManager(registry, cache_dir=tiny_cache, probe=lambda: CPU, hub_check=offline)
+
+def test_unavailable_model_falls_back_within_its_family(registry, tiny_cache, empty_hub_cache):
+    m = ModelManager(registry, cache_dir=tiny_cache, probe=lambda: CPU, hub_check=FailingHub())
     name, notice = m.resolve_startup_model("sdxl-base")
     assert name == "tiny"
     assert "stabilityai/stable-diffusion-xl-base-1.0" in notice and "not meaningful" in notice
-    with pytest.raises(ModelUnavailable, match="cannot be downloaded: ConnectionError: no network"):
+    assert m.resolve_startup_model("sd15")[0] == "tiny-sd15"
+    assert m.resolve_startup_model("lcm-lora-sd15")[0] == "tiny-sd15"
+    assert m.resolve_startup_model("sdxl-lightning")[0] == "tiny"
+    with pytest.raises(ModelUnavailable, match=r"cannot be downloaded: the Hugging Face Hub is unreachable "
+                                               r"\(ConnectionError: no network\)"):
         m.pipeline("sdxl-base")
     assert m.resolve_startup_model("tiny") == ("tiny", None)
 
 
-def test_downloadable_model_is_kept(registry, tiny_cache):
+def test_startup_model_must_be_a_base_model(manager):
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        manager.resolve_startup_model("nope")
+    with pytest.raises(ValueError, match=r"startup model must be one of \[.*'tiny'.*\], got 'sdxl-vae-fp16-fix' \(role 'vae'\)"):
+        manager.resolve_startup_model("sdxl-vae-fp16-fix")
+    with pytest.raises(ValueError, match="role 'controlnet'"):
+        manager.resolve_startup_model("tiny-controlnet")
+
+
+def test_downloadable_model_is_kept(registry, tiny_cache, empty_hub_cache):
     m = ModelManager(registry, cache_dir=tiny_cache, probe=lambda: CPU, hub_check=lambda repo: None)
     assert m.resolve_startup_model("sdxl-base") == ("sdxl-base", None)
 
 
-def test_only_base_models_load(manager):
-    with pytest.raises(ValueError, match="has role 'vae'; pick a base model"):
+def test_availability_asks_the_hub_once(registry, tiny_cache, empty_hub_cache):
+    hub = FailingHub()
+    m = ModelManager(registry, cache_dir=tiny_cache, probe=lambda: CPU, hub_check=hub)
+    reasons = {name: m.available(name) for name in registry.names("base")}
+    assert {n for n, r in reasons.items() if r is None} == {"tiny", "tiny-fast", "tiny-sd15"}
+    assert reasons["sdxl-base"] == "not cached and the Hugging Face Hub is unreachable (ConnectionError: no network)"
+    assert m.available("tiny-controlnet") is None and m.available("tiny-lora-b") is None
+    assert len(hub.calls) == 1  # seven models, one probe
+
+
+def test_availability_respects_hf_hub_offline(registry, tiny_cache, empty_hub_cache, monkeypatch):
+    calls = []
+    m = ModelManager(registry, cache_dir=tiny_cache, probe=lambda: GPU_24GB, hub_check=calls.append)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert m.available("sdxl-base") == "not cached and HF_HUB_OFFLINE is set"
+    assert m.available("tiny") is None and calls == []
+
+
+def fake_snapshot(cache, repo_id: str, files: dict[str, int]) -> None:
+    """A Hugging Face cache entry for `repo_id` holding `files` (path -> size in bytes)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    for path, size in files.items():
+        (repo / "snapshots" / "abc123" / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / "snapshots" / "abc123" / path).write_bytes(b"0" * size)
+
+
+def test_cached_models_are_available_and_their_files_give_the_estimate(registry, tiny_cache, empty_hub_cache):
+    hub = FailingHub()
+    m = ModelManager(registry, cache_dir=tiny_cache, probe=lambda: GPU_24GB, hub_check=hub)
+    entry = registry.get("sdxl-turbo")  # variant fp16
+    fake_snapshot(empty_hub_cache, entry.repo_id, {"model_index.json": 10, "unet/diffusion_pytorch_model.fp16.safetensors": 1000,
+                                                   "unet/diffusion_pytorch_model.safetensors": 2000})
+    assert m.available("sdxl-turbo") is None and m.source(entry) == entry.repo_id and hub.calls == []
+    family = registry.family("sdxl")
+    assert estimate_bytes(entry, entry.repo_id, family, "float16") == 1000  # the fp16 variant is what loads
+    assert estimate_bytes(entry, entry.repo_id, family, "float32") == 2000
+    base = registry.get("sdxl-base")  # not cached: the family's typical size
+    assert estimate_bytes(base, base.repo_id, family, "float16") == int(6.9 * GB)
+    cn = registry.get("controlnet-depth-sdxl")
+    assert estimate_bytes(cn, cn.repo_id, family, "float32") == int(2.5 * GB * 2)
+
+
+def registry_with(mutate):
+    data = json.loads(DEFAULT_REGISTRY.read_text())
+    mutate(data)
+    from studio.models.registry import Registry
+
+    return Registry.model_validate(data)
+
+
+def test_families_are_registry_data(registry):
+    assert registry.family("sdxl").micro_conditioning and not registry.family("sd15").micro_conditioning
+    assert registry.family("sd15").native_area == 512 * 512
+    assert registry.get("sdxl-base").size_range == (256, 2048) and registry.get("tiny").size_range == (64, 512)
+    assert registry.names("base", task="img2img") == registry.names("base")
+    assert registry.names("inpaint", task="inpaint") == ["sdxl-inpaint", "tiny-inpaint"]
+    assert registry.names("inpaint", task="txt2img") == []
+    assert registry.names("lora") == ["tiny-lora-b"]
+    narrow = registry_with(lambda d: d["families"]["sd15"].update(tasks=["txt2img"], max_size=1024))
+    assert narrow.names("base", task="img2img") == [n for n in registry.names("base") if narrow.get(n).family == "sdxl"]
+    assert narrow.get("sd15").size_range == (256, 1024)
+    with pytest.raises(ValueError, match="unknown model family 'flux'"):
+        registry.family("flux")
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["models"][0].update(family="flux"), r"family 'flux' must be one of \['sd15', 'sdxl'\]"),
+    (lambda d: d["families"]["sdxl"].update(vram="12"), "Extra inputs are not permitted"),
+    (lambda d: d["families"]["sdxl"]["vram_gb"].update(full="12"), "vram_gb.full"),
+    (lambda d: d["families"]["sdxl"]["vram_gb"].update(model_offload=20.0), "must not exceed vram_gb.full"),
+    (lambda d: d["families"]["sdxl"].update(tasks=["upscale"]), "tasks"),
+    (lambda d: d["families"]["sdxl"].update(min_size=4096), "must not exceed max_size"),
+    (lambda d: d.pop("families"), "families"),
+    (lambda d: next(m for m in d["models"] if m["role"] == "lora").pop("lora"), "role 'lora' needs a `lora` source"),
+    (lambda d: d["models"][1].update(role="controlnet", lora={"base": "sdxl-base"}), "only base and lora entries"),
+])
+def test_registry_rejects_bad_families_and_roles(mutate, message):
+    with pytest.raises(ValueError, match=message):
+        registry_with(mutate)
+
+
+def test_lease_roles_and_tasks_are_checked(manager):
+    with pytest.raises(ValueError, match=r"has role 'vae', but a lease's model must have a role in \('base', 'inpaint'\)"):
         manager.pipeline("sdxl-vae-fp16-fix")
     with pytest.raises(ValueError, match="task must be one of"):
         manager.pipeline("tiny", "upscale")

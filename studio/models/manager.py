@@ -1,165 +1,73 @@
-"""One owner for every GPU object: loading, sharing, placement, eviction and locking.
+"""One owner for every GPU object: loading, sharing, placement, eviction, and leases to use them.
 
-Decisions (device, dtype, offload mode, memory budget) are small pure functions of a
-`DeviceInfo`, and the probe that produces it is injected, so tests can pretend to have a 24 GB
-GPU or an 8 GB one. Pipelines for related tasks are derived with diffusers' `from_pipe`, which
-shares the already-loaded components instead of loading them twice.
+Device decisions (dtype, offload, memory budget) live in `studio.models.device`, the loading
+path in `studio.models.loading`, the lease and its queue in `studio.models.lease`. Pipelines for
+related tasks and ControlNet sets are derived with diffusers' `from_pipe`, which shares the
+already-loaded components instead of loading them twice. A job uses them through a lease: one
+job at a time, and what it changed is undone when it ends.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+# Re-exported: callers and tests import the device decisions and loading helpers from here.
+from studio.models.device import (  # noqa: F401
+    GB, DeviceInfo, Offload, choose_dtype, choose_offload, memory_budget, probe_device,
+)
+from studio.models.lease import Gate, Lease, plan_lease, snapshot
+from studio.models.loading import (  # noqa: F401
+    cached_snapshot, derive_pipeline, estimate_bytes, hub_offline, hub_reachable, load_from_pretrained,
+    load_vae, pipeline_bytes,
+)
 from studio.models.registry import DepthEntry, ModelEntry, Registry
 
 log = logging.getLogger(__name__)
-GB = 1024**3
-Offload = Literal["none", "model", "sequential"]
-TASKS = ("txt2img", "img2img", "inpaint")
-
-# Free VRAM (GB) a family needs to run fully on the GPU / with whole-model offload in fp16.
-# Below the second figure only sequential (layer by layer) offload fits. SDXL's weights are
-# about 7 GB in fp16 and a 1024 px decode peaks at a few GB more.
-FAMILY_VRAM_GB = {"sdxl": (12.0, 6.0), "sd15": (6.0, 3.0)}
+_UNCHECKED = "unchecked"  # the Hub has not been asked yet
 
 
 class ModelUnavailable(RuntimeError):
     """The model is neither built in, nor cached, nor downloadable right now."""
 
 
-@dataclass(frozen=True)
-class DeviceInfo:
-    device: Literal["cuda", "mps", "cpu"]
-    free_bytes: int  # free accelerator memory; for "cpu" the available RAM
-    ram_bytes: int  # available system RAM
-
-
-def probe_device() -> DeviceInfo:
-    """The real probe: CUDA, then Apple MPS, then CPU."""
-    import psutil
-    import torch
-
-    ram = psutil.virtual_memory().available
-    if torch.cuda.is_available():
-        free, _total = torch.cuda.mem_get_info()
-        return DeviceInfo("cuda", free, ram)
-    if torch.backends.mps.is_available():
-        return DeviceInfo("mps", ram, ram)  # unified memory
-    return DeviceInfo("cpu", ram, ram)
-
-
-def choose_dtype(info: DeviceInfo) -> str:
-    """fp16 on accelerators (half the memory, tensor cores), fp32 on CPU where fp16 is slow."""
-    return "float16" if info.device in ("cuda", "mps") else "float32"
-
-
-def choose_offload(info: DeviceInfo, family: str) -> Offload:
-    """Whole pipeline on the GPU if it fits, else model offload, else sequential offload."""
-    if info.device != "cuda":
-        return "none"  # CPU needs no offload; MPS shares memory with the CPU
-    full, model = FAMILY_VRAM_GB[family]
-    free_gb = info.free_bytes / GB
-    return "none" if free_gb >= full else "model" if free_gb >= model else "sequential"
-
-
-def memory_budget(info: DeviceInfo, offload: Offload) -> int:
-    """Bytes of weights the manager may keep loaded at once (the LRU's capacity)."""
-    if info.device == "cuda" and offload == "none":
-        return int(info.free_bytes * 0.8)  # leave room for activations and the VAE decode
-    return int(info.ram_bytes * 0.6)  # offloaded and CPU weights live in system RAM
-
-
-def pipeline_bytes(pipe: Any) -> int:
-    """Bytes held by the parameters and buffers of a pipeline's modules."""
-    total = 0
-    for module in pipe.components.values():
-        for tensor in [*getattr(module, "parameters", list)(), *getattr(module, "buffers", list)()]:
-            total += tensor.numel() * tensor.element_size()
-    return total
-
-
-def hub_reachable(repo_id: str) -> None:
-    """Raise if `repo_id` cannot be downloaded now (offline, unknown repo, no access)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        raise ConnectionError("HF_HUB_OFFLINE is set")
-    from huggingface_hub import HfApi
-
-    HfApi().model_info(repo_id, timeout=5)
-
-
-def in_hub_cache(entry: ModelEntry) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    if getattr(entry, "lora", None) is not None:
-        marker = entry.lora.weight_name
-    else:
-        marker = "model_index.json" if entry.role in ("base", "inpaint") else "config.json"
-    return isinstance(try_to_load_from_cache(entry.repo_id, marker), str)
-
-
-def load_from_pretrained(source: str, entry: ModelEntry, dtype: str, vae: Any = None) -> Any:
-    """The one loading path, for Hub repos and built-in tiny models alike."""
-    import torch
-    from diffusers import AutoPipelineForText2Image
-
-    kwargs: dict[str, Any] = {"torch_dtype": getattr(torch, dtype)}
-    if entry.variant and dtype == "float16":
-        kwargs["variant"] = entry.variant
-    if vae is not None:
-        kwargs["vae"] = vae
-    return AutoPipelineForText2Image.from_pretrained(source, **kwargs)
-
-
-def load_vae(source: str, dtype: str) -> Any:
-    import torch
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL.from_pretrained(source, torch_dtype=getattr(torch, dtype))
-
-
-def derive_pipeline(base: Any, task: str) -> Any:
-    """A pipeline for `task` sharing every component of `base` (diffusers `from_pipe`)."""
-    import diffusers
-
-    auto = {
-        "txt2img": diffusers.AutoPipelineForText2Image,
-        "img2img": diffusers.AutoPipelineForImage2Image,
-        "inpaint": diffusers.AutoPipelineForInpainting,
-    }[task]
-    return auto.from_pipe(base)
-
-
 @dataclass
 class _Loaded:
+    """One loaded checkpoint: a pipeline (base, inpaint) or a ControlNetModel."""
+
     entry: ModelEntry
-    pipes: dict[str, Any]  # task -> pipeline; all share the components of pipes["txt2img"]
+    model: Any  # what from_pretrained returned
     nbytes: int
-    adapters: set[str] = field(default_factory=set)  # LoRA models loaded on it (by registry name)
+    # (task, ControlNet names) -> pipeline sharing `model`'s components; `model` itself under its own task
+    pipes: dict[tuple[str, tuple[str, ...]], Any] = field(default_factory=dict)
+    adapters: OrderedDict[str, None] = field(default_factory=OrderedDict)  # LoRAs on it, least recently used first
+    placed: Any = None  # the pipeline whose device placement (offload hooks) is installed
 
 
 @dataclass
 class ModelManager:
-    """Loads models lazily, keeps an LRU of them within a memory budget, serialises their use."""
+    """Loads models lazily, keeps an LRU of them within a memory budget, and leases them to jobs."""
 
     registry: Registry
     cache_dir: Path  # where built-in tiny models are written
     probe: Callable[[], DeviceInfo] = probe_device
     loader: Callable[..., Any] = load_from_pretrained
-    hub_check: Callable[[str], None] = hub_reachable
+    hub_check: Callable[[str], None] = hub_reachable  # raises when the Hub cannot be reached
     budget_bytes: int | None = None  # None: derived from the probe
     depth_model: str | None = None  # the depth estimator for the lens blur; None: the registry's first
-    lock: threading.RLock = field(default_factory=threading.RLock, init=False)
-    _loaded: OrderedDict[str, _Loaded] = field(default_factory=OrderedDict, init=False)
+    max_adapters: int = 8  # LoRA adapters kept loaded per model (each adds layers to every forward pass)
+    _gate: Gate = field(default_factory=Gate, init=False)
+    _loaded: OrderedDict[str, _Loaded] = field(default_factory=OrderedDict, init=False)  # LRU first
     _info: DeviceInfo | None = field(default=None, init=False)
     _depth: tuple[str, Any] | None = field(default=None, init=False)  # (name, transformers pipeline)
+    _hub: str | None = field(default=_UNCHECKED, init=False)  # why the Hub cannot be used; None: it can
+
+    # -- what is there and what can be loaded -------------------------------------------------
 
     @property
     def device_info(self) -> DeviceInfo:
@@ -167,153 +75,258 @@ class ModelManager:
             self._info = self.probe()
         return self._info
 
+    def offload_mode(self, entry: ModelEntry) -> Offload:
+        return choose_offload(self.device_info, self.registry.family(entry.family).vram_gb)
+
+    def loaded(self) -> list[str]:
+        """Names of loaded checkpoints (models and ControlNets), least recently used first."""
+        return list(self._loaded)
+
+    def adapters(self, name: str) -> list[str]:
+        """The LoRA adapters loaded on model `name`."""
+        return sorted(self._loaded[name].adapters) if name in self._loaded else []
+
     def source(self, entry: ModelEntry | DepthEntry) -> str:
         """Where `from_pretrained` reads `entry` from; raises ModelUnavailable with the reason."""
         if entry.builtin:
             from studio.models.tiny import ensure_tiny_model
 
             return str(ensure_tiny_model(entry.builtin, self.cache_dir))
-        if in_hub_cache(entry):
-            return entry.repo_id
-        try:
-            self.hub_check(entry.repo_id)
-        except Exception as exc:  # any failure means: cannot download now
-            raise ModelUnavailable(
-                f"model {entry.name!r} ({entry.repo_id}) is not in the local Hugging Face cache and "
-                f"cannot be downloaded: {type(exc).__name__}: {exc}"
-            ) from exc
+        if cached_snapshot(entry) is None:
+            problem = self._hub_problem(entry.repo_id)
+            if problem is not None:
+                raise ModelUnavailable(f"model {entry.name!r} ({entry.repo_id}) is not in the local Hugging Face "
+                                       f"cache and cannot be downloaded: {problem}")
         return entry.repo_id
 
-    def resolve_startup_model(self, name: str, fallback: str = "tiny") -> tuple[str, str | None]:
-        """The model to start with, and a notice for the user when `fallback` replaces `name`."""
+    def available(self, name: str) -> str | None:
+        """None when model `name` can be loaded now (built in, cached, or the Hub is reachable), else
+        a short reason. The Hub is asked at most once per manager, so listing models costs one check."""
         entry = self.registry.get(name)
-        try:
-            self.source(entry)
-            if entry.lora is not None:
-                self.source(self.registry.get(entry.lora.base))
-            return name, None
-        except ModelUnavailable as exc:
-            log.warning("%s; using %r instead", exc, fallback)
-            return fallback, (
-                f"{exc}. Studio is running the built-in '{fallback}' model instead: it has random "
-                "weights, so its images are noise and not meaningful. Connect to the Hugging Face Hub "
-                "or pre-download the model, then restart."
-            )
-
-    def offload_mode(self, entry: ModelEntry) -> Offload:
-        return choose_offload(self.device_info, entry.family)
-
-    def loaded(self) -> list[str]:
-        """Names of loaded full models, least recently used first (LoRA models live on them)."""
-        return list(self._loaded)
-
-    def adapters(self, name: str) -> list[str]:
-        """The LoRA models loaded on full model `name`."""
-        return sorted(self._loaded[name].adapters) if name in self._loaded else []
-
-    @contextmanager
-    def use(self, name: str, task: str = "txt2img") -> Iterator[Any]:
-        """Hold the pipeline for `task` of model `name` exclusively.
-
-        Per-request changes to the pipeline's scheduler are undone on exit, so one request never
-        sees another's settings.
-        """
-        with self.lock:
-            pipe = self.pipeline(name, task)
-            self._activate(self.registry.get(name))
-            scheduler = pipe.scheduler
-            try:
-                yield pipe
-            finally:
-                pipe.scheduler = scheduler
-
-    @contextmanager
-    def use_depth(self) -> Iterator[tuple[str, Any]]:
-        """Hold the depth estimator exclusively: (its registry name, a transformers pipeline).
-
-        It is small (about 25M parameters for Depth Anything V2 small), so once loaded it stays,
-        on the accelerator when there is one, outside the LRU of diffusion models."""
-        with self.lock:
-            entry = self.registry.depth(self.depth_model)
-            if self._depth is None or self._depth[0] != entry.name:
-                from studio.models.depth import load_depth_estimator
-
-                try:
-                    source = self.source(entry)
-                except ModelUnavailable as exc:
-                    raise ModelUnavailable(f"{exc}. The lens blur needs this depth model; without it, set depth "
-                                           "of field to 'prompt words only'.") from exc
-                info = self.device_info
-                self._depth = (entry.name, load_depth_estimator(source, info.device, choose_dtype(info)))
-                log.info("loaded depth model %s", entry.name)
-            yield self._depth
-
-    def pipeline(self, name: str, task: str = "txt2img") -> Any:
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-        with self.lock:
-            entry = self.registry.get(name)
-            base = self.registry.get(entry.lora.base) if entry.lora else entry
-            loaded = self._loaded.get(base.name) or self._load(base)
-            self._loaded.move_to_end(base.name)
-            if entry.lora is not None and entry.name not in loaded.adapters:
-                self._load_adapter(loaded, entry)
-            if task not in loaded.pipes:
-                loaded.pipes[task] = derive_pipeline(loaded.pipes["txt2img"], task)
-            return loaded.pipes[task]
-
-    def _load_adapter(self, loaded: _Loaded, entry: ModelEntry) -> None:
-        """Load LoRA model `entry` as a named adapter on the loaded base (diffusers + peft)."""
-        loaded.pipes["txt2img"].load_lora_weights(self.source(entry), weight_name=entry.lora.weight_name,
-                                                  adapter_name=entry.name)
-        loaded.adapters.add(entry.name)
-        log.info("loaded %s as a LoRA adapter on %s", entry.name, loaded.entry.name)
-
-    def _activate(self, entry: ModelEntry) -> None:
-        """Switch the shared base to `entry`: its adapter alone, or (a full model) no adapter.
-
-        Every derived pipeline shares the UNet and text encoders, so this applies to all tasks."""
-        base = self.registry.get(entry.lora.base) if entry.lora else entry
-        loaded = self._loaded[base.name]
-        pipe = loaded.pipes["txt2img"]
+        needed = [entry]
         if entry.lora is not None:
-            pipe.enable_lora()
-            pipe.set_adapters([entry.name], adapter_weights=[entry.lora.scale])
-        elif loaded.adapters:
-            pipe.disable_lora()
+            needed.append(self.registry.get(entry.lora.base))
+        if entry.vae is not None and choose_dtype(self.device_info) == "float16":
+            needed.append(self.registry.get(entry.vae))
+        for e in needed:
+            if not e.builtin and cached_snapshot(e) is None and (problem := self._hub_problem(e.repo_id)):
+                return f"not cached and {problem}" if e is entry else f"needs {e.name!r}, which is not cached and {problem}"
+        return None
 
-    def unload(self, name: str) -> None:
-        with self.lock:
-            if self._loaded.pop(name, None) is not None:
-                self._free_accelerator_memory()
+    def _hub_problem(self, repo_id: str) -> str | None:
+        """Why nothing can be downloaded now, or None. HF_HUB_OFFLINE is read every time; the
+        network is probed once (through `hub_check`) and the answer kept."""
+        if hub_offline():
+            return "HF_HUB_OFFLINE is set"
+        if self._hub == _UNCHECKED:
+            try:
+                self.hub_check(repo_id)
+                self._hub = None
+            except Exception as exc:  # any failure means: no downloads now
+                self._hub = f"the Hugging Face Hub is unreachable ({type(exc).__name__}: {exc})"
+        return self._hub
 
-    def _load(self, entry: ModelEntry) -> _Loaded:
+    def resolve_startup_model(self, name: str) -> tuple[str, str | None]:
+        """The base model to start with, and a notice for the user when a built-in model of the same
+        family replaces `name` (which is not cached and cannot be downloaded)."""
+        entry = self.registry.get(name)
         if entry.role != "base":
-            raise ValueError(f"model {entry.name!r} has role {entry.role!r}; pick a base model")
-        info = self.device_info
-        dtype = choose_dtype(info)
+            raise ValueError(f"the startup model must be one of {self.registry.names('base')}, got {name!r} (role {entry.role!r})")
+        reason = self.available(name)
+        if reason is None:
+            return name, None
+        fallback = next((m.name for m in self.registry.models
+                         if m.role == "base" and m.builtin and m.lora is None and m.family == entry.family), None)
+        if fallback is None:
+            raise ModelUnavailable(f"model {name!r} ({entry.repo_id}) is {reason}, and there is no built-in "
+                                   f"{entry.family!r} model to use instead")
+        log.warning("model %s is %s; using %r instead", name, reason, fallback)
+        return fallback, (
+            f"Model {name!r} ({entry.repo_id}) is {reason}. Studio is running the built-in {fallback!r} model instead: "
+            "it has random weights, so its images are noise and not meaningful. Connect to the Hugging Face Hub "
+            "or pre-download the model, then restart."
+        )
+
+    # -- leases -----------------------------------------------------------------------------------
+
+    def lease(self, model: str | None, task: str = "txt2img", *, controlnets: Sequence[str] = (),
+              loras: Sequence[tuple[str, float]] = (), exclusive: bool = False, purpose: str = "a generation",
+              on_wait: Callable[[str], None] | None = None) -> Lease:
+        """Wait for the GPU (first come, first served), then load or reuse what the job needs and
+        return the held lease: `lease.pipe` is the pipeline for `model`, `task` and `controlnets`,
+        with the LoRA stack active (a LoRA-based model's own LoRA, then `loras` at their weights).
+
+        While waiting, `on_wait(message)` hears about once a second who holds the GPU and the
+        caller's place in line. `exclusive` (a training run; `model` may be None) first frees every
+        loaded model. Releasing undoes every change the job made on the model's pipelines. Not
+        reentrant: asking again from the thread that holds the lease raises RuntimeError.
+        """
+        plan = plan_lease(self.registry, model, task, controlnets, loras)
+        lease = Lease(self, plan.entry, task, purpose, exclusive)
+        self._gate.enter(lease, on_wait)
+        try:
+            if exclusive:
+                self._free_all()
+            if plan.base is not None:
+                # 1. The checkpoints, evicting others first when they would not fit
+                keep = {plan.base.name, *plan.controlnets}
+                loaded = self._ensure_loaded(plan.base, keep)
+                nets = [self._ensure_loaded(self.registry.get(n), keep).model for n in plan.controlnets]
+                # 2. The pipeline for this task and ControlNet set, sharing the checkpoint's components
+                lease.pipe = self._pipeline_for(loaded, task, plan.controlnets, nets)
+                # 3. The LoRA adapters, loaded once and kept while there is room
+                self._load_adapters(loaded, [name for name, _ in plan.loras])
+                # 4. From here on, what changes is undone on release
+                self._undo_on_release(lease, loaded)
+                self._apply_loras(loaded, plan.loras)
+        except BaseException:
+            lease.release()
+            raise
+        return lease
+
+    def _end(self, lease: Lease) -> None:
+        """Called by `Lease.release` after the job's changes are undone."""
+        if lease.exclusive:
+            self._info = None  # the job's memory is free again: measure anew at the next use
+        self._gate.leave(lease)
+
+    def _free_all(self) -> None:
+        """Make the accelerator ours alone for an exclusive job, and measure it afresh."""
+        self._loaded.clear()
+        self._depth = None
+        self._free_accelerator_memory()
+        self._info = None
+        self.device_info  # probe now: the job plans with the memory just freed
+
+    def _undo_on_release(self, lease: Lease, loaded: _Loaded) -> None:
+        restore = snapshot(list(loaded.pipes.values()))
+
+        def undo() -> None:
+            try:
+                self._reset_adapters(loaded)
+                restore()
+            except BaseException:
+                # A half-restored model must not serve the next job: drop it, so it is loaded afresh.
+                if self._loaded.get(loaded.entry.name) is loaded:
+                    del self._loaded[loaded.entry.name]
+                raise
+
+        lease.on_release(undo)
+
+    def _depth_estimator(self) -> tuple[str, Any]:
+        """The depth estimator, loaded on first use. It is small (about 25M parameters for Depth
+        Anything V2 small), so it stays, on the accelerator when there is one, outside the LRU."""
+        entry = self.registry.depth(self.depth_model)
+        if self._depth is None or self._depth[0] != entry.name:
+            from studio.models.depth import load_depth_estimator
+
+            try:
+                source = self.source(entry)
+            except ModelUnavailable as exc:
+                raise ModelUnavailable(f"{exc}. The lens blur needs this depth model; without it, set depth "
+                                       "of field to 'prompt words only'.") from exc
+            info = self.device_info
+            self._depth = (entry.name, load_depth_estimator(source, info.device, choose_dtype(info)))
+            log.info("loaded depth model %s", entry.name)
+        return self._depth
+
+    # -- loading, eviction, derived pipelines and adapters (called inside a held lease) -----------
+
+    def _ensure_loaded(self, entry: ModelEntry, keep: set[str]) -> _Loaded:
+        if entry.name in self._loaded:
+            self._loaded.move_to_end(entry.name)
+            return self._loaded[entry.name]
+        source = self.source(entry)
+        dtype = choose_dtype(self.device_info)
+        # Evict before loading, so the old and the new model are never in memory together.
+        needed = estimate_bytes(entry, source, self.registry.family(entry.family), dtype)
+        self._make_room(needed, self.offload_mode(entry), keep)
+        return self._load(entry, source, dtype)
+
+    def _load(self, entry: ModelEntry, source: str, dtype: str) -> _Loaded:
         vae = None
         if entry.vae and dtype == "float16":
-            vae_entry = self.registry.get(entry.vae)
-            vae = load_vae(self.source(vae_entry), dtype)
-        pipe = self.loader(self.source(entry), entry, dtype, vae=vae)
-        nbytes = pipeline_bytes(pipe)
-        self._make_room(nbytes, self.offload_mode(entry))
-        self._place(pipe, entry)
-        pipe.set_progress_bar_config(disable=True)  # progress goes through Studio's step callback
-        loaded = self._loaded[entry.name] = _Loaded(entry, {"txt2img": pipe}, nbytes)
-        log.info("loaded %s (%.2f GB, %s, offload=%s)", entry.name, nbytes / GB, dtype, self.offload_mode(entry))
+            vae = load_vae(self.source(self.registry.get(entry.vae)), dtype)
+        model = self.loader(source, entry, dtype, vae=vae)
+        loaded = _Loaded(entry, model, pipeline_bytes(model))
+        if entry.role != "controlnet":  # a ControlNet is placed with the pipelines that use it
+            model.set_progress_bar_config(disable=True)  # progress goes through Studio's step callback
+            loaded.pipes[("inpaint" if entry.role == "inpaint" else "txt2img", ())] = model
+            self._place(model, entry)
+            loaded.placed = model
+        self._loaded[entry.name] = loaded
+        log.info("loaded %s (%.2f GB, %s, offload=%s)", entry.name, loaded.nbytes / GB, dtype, self.offload_mode(entry))
         return loaded
 
-    def _make_room(self, nbytes: int, offload: Offload) -> None:
-        """Evict least recently used models until `nbytes` more fit in the budget."""
-        budget = self.budget_bytes
-        if budget is None:
-            budget = memory_budget(self.device_info, offload)
-        while self._loaded and sum(m.nbytes for m in self._loaded.values()) + nbytes > budget:
-            evicted, _ = self._loaded.popitem(last=False)
-            log.info("evicted %s to make room", evicted)
-        self._free_accelerator_memory()
+    def _make_room(self, nbytes: int, offload: Offload, keep: set[str]) -> None:
+        """Evict least recently used checkpoints, except those in `keep`, until `nbytes` more fit."""
+        budget = self.budget_bytes if self.budget_bytes is not None else memory_budget(self.device_info, offload)
+        evicted = False
+        while sum(m.nbytes for m in self._loaded.values()) + nbytes > budget:
+            victim = next((name for name in self._loaded if name not in keep), None)
+            if victim is None:
+                log.warning("%.2f GB more does not fit in the %.2f GB budget even alone; loading anyway",
+                            nbytes / GB, budget / GB)
+                break
+            self._evict(victim)
+            evicted = True
+        if evicted:
+            self._free_accelerator_memory()
+
+    def _evict(self, name: str) -> None:
+        gone = self._loaded.pop(name)
+        if gone.entry.role == "controlnet":  # the pipelines built around it go with it
+            for loaded in self._loaded.values():
+                for key in [k for k in loaded.pipes if name in k[1]]:
+                    if loaded.pipes.pop(key) is loaded.placed:
+                        loaded.placed = None
+        log.info("unloaded %s", name)
+
+    def _pipeline_for(self, loaded: _Loaded, task: str, controlnets: tuple[str, ...], nets: list[Any]) -> Any:
+        key = (task, controlnets)
+        pipe = loaded.pipes.get(key)
+        if pipe is None:
+            pipe = loaded.pipes[key] = derive_pipeline(loaded.model, task, nets)
+            pipe.set_progress_bar_config(disable=True)
+        # Offload hooks belong to the pipeline that installed them (and a new ControlNet has none):
+        # place again whenever the job's pipeline is not the one placed last.
+        if loaded.placed is not pipe:
+            self._place(pipe, loaded.entry)
+            loaded.placed = pipe
+        return pipe
+
+    def _load_adapters(self, loaded: _Loaded, names: list[str]) -> None:
+        """Load the LoRAs `names` as named adapters (diffusers + peft), dropping the least recently
+        used others beyond `max_adapters`."""
+        for name in names:
+            if name in loaded.adapters:
+                loaded.adapters.move_to_end(name)
+                continue
+            while len(loaded.adapters) >= self.max_adapters:
+                victim = next((n for n in loaded.adapters if n not in names), None)
+                if victim is None:
+                    break  # all are needed by this job
+                loaded.model.delete_adapters([victim])
+                del loaded.adapters[victim]
+                log.info("deleted LoRA adapter %s from %s", victim, loaded.entry.name)
+            entry = self.registry.get(name)
+            loaded.model.load_lora_weights(self.source(entry), weight_name=entry.lora.weight_name, adapter_name=name)
+            loaded.adapters[name] = None
+            log.info("loaded %s as a LoRA adapter on %s", name, loaded.entry.name)
+
+    def _apply_loras(self, loaded: _Loaded, stack: tuple[tuple[str, float], ...]) -> None:
+        """Activate exactly `stack` on the model; every derived pipeline shares its UNet and text
+        encoders, so this applies to all tasks."""
+        if not stack:
+            self._reset_adapters(loaded)
+            return
+        loaded.model.enable_lora()  # the last release disabled them; set_adapters alone does not enable
+        loaded.model.set_adapters([name for name, _ in stack], adapter_weights=[w for _, w in stack])
+
+    def _reset_adapters(self, loaded: _Loaded) -> None:
+        """No adapter active: the model computes exactly what it did before any was loaded."""
+        if loaded.adapters:
+            loaded.model.disable_lora()
 
     def _place(self, pipe: Any, entry: ModelEntry) -> None:
         info = self.device_info
@@ -333,3 +346,30 @@ class ModelManager:
 
             gc.collect()
             torch.cuda.empty_cache()
+
+    # -- conveniences over lease() --------------------------------------------------------------
+
+    def pipeline(self, name: str, task: str = "txt2img") -> Any:
+        """The pipeline for `task` of model `name`, loaded if needed but not held (for tests and
+        benchmarks; a job takes a lease)."""
+        with self.lease(name, task, purpose="loading a model") as lease:
+            return lease.pipe
+
+    def unload(self, name: str) -> None:
+        """Drop checkpoint `name` (once the running job, if any, is done)."""
+        with self.lease(None, purpose=f"unloading {name}"):
+            if name in self._loaded:
+                self._evict(name)
+                self._free_accelerator_memory()
+
+    @contextmanager
+    def use(self, name: str, task: str = "txt2img") -> Iterator[Any]:
+        """Deprecated: use lease(). The pipeline for `task` of model `name`, held for the block."""
+        with self.lease(name, task) as lease:
+            yield lease.pipe
+
+    @contextmanager
+    def use_depth(self) -> Iterator[tuple[str, Any]]:
+        """Deprecated: use lease(...).depth_estimator(). (registry name, depth pipeline), held."""
+        with self.lease(None, purpose="depth estimation") as lease:
+            yield lease.depth_estimator()
