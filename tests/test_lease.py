@@ -40,6 +40,7 @@ def in_thread(target) -> threading.Thread:
 # -- the gate: nesting, threads, order -----------------------------------------------------------
 
 
+@pytest.mark.timeout(120)  # a regression here deadlocks: fail in minutes, not at the suite's limit
 def test_nested_lease_in_the_same_thread_is_refused_and_the_outer_one_keeps_working(manager):
     with manager.lease("tiny") as outer:
         before = render(outer.pipe, steps=1)
@@ -105,6 +106,30 @@ def test_waiters_are_served_first_come_first_served(manager):
     ta.join(WAIT_S)
     tb.join(WAIT_S)
     assert order == ["a", "b"]
+
+
+def test_a_waiter_that_gives_up_leaves_the_line(manager):
+    class Stop(Exception):
+        pass
+
+    def stop(message):
+        raise Stop(message)  # e.g. the user pressed Stop while waiting
+
+    holder = manager.lease(None)
+    raised: list[Exception] = []
+
+    def give_up():
+        try:
+            manager.lease(None, on_wait=stop)
+        except Stop as exc:
+            raised.append(exc)
+
+    in_thread(give_up).join(WAIT_S)
+    assert [str(e) for e in raised] == ["Another job (a generation) is using the GPU; you are number 1 in line."]
+    holder.release()
+    done = threading.Event()
+    in_thread(lambda: manager.lease(None).release() or done.set())
+    assert done.wait(WAIT_S)  # no ghost ahead of it in the line
 
 
 def test_exclusive_lease_frees_everything_and_others_wait(registry, tiny_cache):
