@@ -42,6 +42,18 @@ def bucket_size(ratio: str, area: int, multiple: int = 64) -> tuple[int, int]:
     return min(candidates or [(multiple, multiple)], key=cost)
 
 
-def buckets(area: int, multiple: int = 64) -> dict[str, tuple[int, int]]:
-    """Every standard ratio's size for this area, e.g. {"16:9": (1344, 768), ...} at 1 MP."""
-    return {r: bucket_size(r, area, multiple) for r in RATIOS}
+def buckets(area: int, multiple: int = 64, min_side: int = 0) -> dict[str, tuple[int, int]]:
+    """Every standard ratio's size for this area, e.g. {"16:9": (1344, 768), ...} at 1 MP.
+
+    A model that cannot go below `min_side` pixels gets its wide buckets grown instead: the
+    short side becomes `min_side` (rounded up to the grid) and the long side keeps the ratio."""
+    out = {}
+    for ratio in RATIOS:
+        w, h = bucket_size(ratio, area, multiple)
+        if min(w, h) < min_side:
+            a, b = (float(x) for x in ratio.split(":"))
+            short = math.ceil(min_side / multiple) * multiple
+            long = max(short, round(short * max(a, b) / min(a, b) / multiple) * multiple)
+            w, h = (long, short) if a >= b else (short, long)
+        out[ratio] = (w, h)
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,18 +10,88 @@ from typing import Any
 
 @dataclass(frozen=True)
 class StepEvent:
-    step: int  # denoising steps done so far, 1-based
+    step: int  # denoising steps done so far, 1-based (0 while waiting for the GPU)
     total: int  # steps planned
+    preview: Callable[[], list[Any]] | None = None  # cheap PIL previews of the current latents
+    message: str | None = None  # set while the job waits: who holds the GPU, our place in line
 
 
-# Called after every denoising step; returning True stops the run at that step (the images made
-# so far are still returned, marked as interrupted). Progress bars and Stop buttons both use it.
+# Called after every denoising step (and about once a second while waiting for the GPU);
+# returning True stops the run at that step (the images made so far are still returned, marked
+# as interrupted). Progress, previews, waiting messages and Stop all use it.
 StepCallback = Callable[[StepEvent], "bool | None"]
+
+
+@dataclass(frozen=True)
+class PromptDetails:
+    tokens: int  # of the prompt the model saw (style and camera words included)
+    negative_tokens: int
+    handling: str  # "single window", or how a long prompt was chunked
+
+
+@dataclass(frozen=True)
+class HorizonDetails:
+    horizon_row: float  # image row of the level horizon (may lie outside the image)
+    focal_length_px: float
+
+
+@dataclass(frozen=True)
+class DepthOfFieldDetails:
+    depth_model: str
+    focus_distance_m: list[float]  # per image
+    depth_range_m: list[list[float]]  # per image: [nearest, farthest]
+
+
+@dataclass(frozen=True)
+class InputImageDetails:
+    input_size: list[int]  # [width, height] of the image given
+    resize_mode: str
+    steps_run: int  # int(steps · strength): the denoising steps image-to-image really runs
+
+
+@dataclass(frozen=True)
+class Details:
+    """What a run records besides its request (typed: each part exists only where it applies)."""
+
+    family: str
+    repo_id: str
+    prompt_encoding: PromptDetails
+    camera: HorizonDetails | None = None
+    depth_of_field: DepthOfFieldDetails | None = None
+    input_image: InputImageDetails | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 @dataclass
 class Result:
+    request: Any  # the request as run: its seed resolved
     images: list[Any]  # PIL images
-    seed: int  # seed of the first image; image i used seed + i
-    metadata: dict[str, Any] = field(default_factory=dict)
-    originals: list[Any] = field(default_factory=list)  # the images before a post-effect (e.g. lens blur)
+    seeds: list[int]  # image i used seeds[i]
+    prompt: str  # the prompt and negative prompt the model saw (style and camera words applied)
+    negative_prompt: str
+    steps_done: int
+    total_steps: int  # the denoising steps planned
+    interrupted: bool
+    details: Details
+    originals: list[Any] = field(default_factory=list)  # the images before a post-effect (lens blur)
+
+    @property
+    def seed(self) -> int:
+        return self.seeds[0]
+
+    def summary(self) -> dict[str, Any]:
+        """Everything about the run as JSON: what the page's details panel and the API show."""
+        return {"task": self.request.TASK, **self.request.record(), "seed": self.seed, "seeds": self.seeds,
+                "styled_prompt": self.prompt, "styled_negative_prompt": self.negative_prompt,
+                "steps_done": self.steps_done, "total_steps": self.total_steps, "interrupted": self.interrupted,
+                **self.details.to_json()}
+
+    def status(self) -> str:
+        """One line for the page: how the run ended."""
+        n = len(self.images)
+        made = f"{n} image{'s' if n != 1 else ''}, seed {self.seed}"
+        if self.interrupted:
+            return f"Stopped after {self.steps_done} of {self.total_steps} steps ({made})."
+        return f"Done: {made}, {self.steps_done} step{'s' if self.steps_done != 1 else ''}."

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -361,15 +360,3 @@ class ModelManager:
             if name in self._loaded:
                 self._evict(name)
                 self._free_accelerator_memory()
-
-    @contextmanager
-    def use(self, name: str, task: str = "txt2img") -> Iterator[Any]:
-        """Deprecated: use lease(). The pipeline for `task` of model `name`, held for the block."""
-        with self.lease(name, task) as lease:
-            yield lease.pipe
-
-    @contextmanager
-    def use_depth(self) -> Iterator[tuple[str, Any]]:
-        """Deprecated: use lease(...).depth_estimator(). (registry name, depth pipeline), held."""
-        with self.lease(None, purpose="depth estimation") as lease:
-            yield lease.depth_estimator()

@@ -59,3 +59,17 @@ def scheduled_time_ids(pipe: Any, step: int, ids: tuple[list, list, list, list],
     neg = torch.tensor([blend(neg_neutral, neg_requested, w)])
     pair = torch.cat([neg, pos]) if pipe.do_classifier_free_guidance else pos
     return pair.repeat(rows // len(pair), 1)
+
+
+def micro_conditioning_arguments(pipe: Any, request: Any) -> tuple[dict, tuple | None]:
+    """SDXL keyword arguments for the first step, and the schedule for the step callback (or None)."""
+    if getattr(pipe, "tokenizer_2", None) is None:
+        return {}, None  # SD1.5 has no micro-conditioning
+    neutral, requested, neg_neutral, neg_requested = ids = request.micro_conditioning()
+    power = request.micro_conditioning_power
+    if power == 0:  # constant weight 1: exactly plain diffusers with these arguments
+        return pipeline_kwargs(requested, neg_requested), None
+    pipe.scheduler.set_timesteps(request.num_inference_steps)  # to know the first step's noise level
+    w = control_weight(float(pipe.scheduler.timesteps[0]) / pipe.scheduler.config.num_train_timesteps, power)
+    first = pipeline_kwargs(blend(neutral, requested, w), blend(neg_neutral, neg_requested, w))
+    return {**first, "callback_on_step_end_tensor_inputs": ["latents", "add_time_ids"]}, (ids, power)

@@ -7,7 +7,6 @@ EM Distillation, Xie et al. 2024) trade a little quality for 1-8 steps. A regist
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 from studio.models.registry import Registry
@@ -39,8 +38,8 @@ def draft_request(request: Txt2ImgRequest, registry: Registry) -> Txt2ImgRequest
         return min(hi, max(lo, 8 * max(1, math.floor(v * scale / 8))))
 
     d = draft.defaults
-    return dataclasses.replace(
-        request, model=draft.name, width=side(request.width), height=side(request.height),
+    return request.replace(
+        model=draft.name, width=side(request.width), height=side(request.height),
         num_inference_steps=d.num_inference_steps, guidance_scale=d.guidance_scale, scheduler=d.scheduler,
         batch_size=1, seed=PREVIEW_SEED if request.seed == -1 else request.seed,
     )
