@@ -6,26 +6,32 @@ Infotext (A1111 `modules/infotext_utils.py` format):
     Negative prompt: <negative prompt>
     Steps: 30, Sampler: DPM++ 2M Karras, CFG scale: 6.0, Seed: 42, Size: 1024x1024, Model: sdxl-base
 
-Values holding a comma, colon or newline are written as JSON strings, as A1111 does. The `studio`
-chunk holds the full request as JSON, so Studio restores its own images exactly; infotext is what
-other tools read and what Studio falls back to for their images.
+Which request fields appear, under which key, follows their declaration (`Spec.infotext`);
+width and height share "Size" as "WxH". Values holding a comma, colon or newline are written as
+JSON strings, as A1111 does. The `studio` chunk holds the task and its full request as JSON, so
+Studio restores its own images exactly; infotext is what other tools read and what Studio falls
+back to for their images.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict
 from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from studio.pipelines.txt2img import REQUEST_FIELDS, Txt2ImgRequest
+from studio.fields import specs
 from studio.schedulers import SCHEDULERS
+from studio.tasks import TASKS, task
 
 STUDIO_CHUNK, A1111_CHUNK = "studio", "parameters"
-CHUNK_VERSION = 1
+CHUNK_VERSION = 2  # 2: the task is recorded (version 1 chunks are text-to-image)
 MAX_CHUNK_CHARS = 1_000_000  # refuse absurd metadata instead of parsing it
+
+# A1111 writes its settings in this order; keys it does not know follow.
+A1111_ORDER = ["Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model", "Denoising strength",
+               "Batch size"]
 
 # "key: value" items; a value is a JSON string or runs to the next comma (A1111's re_param).
 _PARAM = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
@@ -36,36 +42,59 @@ def _quote(value: Any) -> str:
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
 
 
-def infotext(request: Txt2ImgRequest, seed: int) -> str:
+def infotext_params(request: Any, seed: int, steps_done: int | None = None) -> dict[str, Any]:
+    """The settings line's items for one image, in declaration order. A stopped run records the
+    steps it really did (A1111 has no other key for them)."""
+    params: dict[str, Any] = {}
+    for name, spec in specs(type(request)).items():
+        if spec.infotext is None:
+            continue
+        value = getattr(request, name)
+        if name == "seed":
+            value = seed
+        elif name == "num_inference_steps" and steps_done is not None:
+            value = steps_done
+        if spec.infotext in params:  # width and height: "WxH"
+            params[spec.infotext] = f"{params[spec.infotext]}x{value}"
+        else:
+            params[spec.infotext] = value
+    ordered = sorted(params, key=lambda k: A1111_ORDER.index(k) if k in A1111_ORDER else len(A1111_ORDER))
+    return {**{k: params[k] for k in ordered}, "Generator": "Studio"}
+
+
+def infotext(request: Any, seed: int, steps_done: int | None = None) -> str:
     """A1111 `parameters` text for one image made with `request` and `seed`."""
     prompt, negative = request.styled_prompts()
-    params = {
-        "Steps": request.num_inference_steps,
-        "Sampler": request.scheduler,
-        "CFG scale": request.guidance_scale,
-        "Seed": seed,
-        "Size": f"{request.width}x{request.height}",
-        "Model": request.model,
-        "Batch size": request.batch_size,
-        "Generator": "Studio",
-    }
+    params = infotext_params(request, seed, steps_done)
     lines = [prompt, f"Negative prompt: {negative}" if negative else None,
              ", ".join(f"{k}: {_quote(v)}" for k, v in params.items())]
     return "\n".join(line for line in lines if line is not None)
 
 
-def png_info(request: Txt2ImgRequest, seed: int, batch_index: int, details: dict) -> PngImagePlugin.PngInfo:
-    """Both chunks for one image; `request` is the request as run (its seed resolved)."""
+def png_info(result: Any, index: int) -> PngImagePlugin.PngInfo:
+    """Both chunks for image `index` of `result` (whose request is the request as run)."""
+    seed = result.seeds[index]
     info = PngImagePlugin.PngInfo()
-    info.add_text(A1111_CHUNK, infotext(request, seed))
-    chunk = {"version": CHUNK_VERSION, "task": "txt2img", "request": asdict(request),
-             "batch_index": batch_index, "seed": seed, "details": details}
+    info.add_text(A1111_CHUNK, infotext(result.request, seed, result.steps_done if result.interrupted else None))
+    chunk = {"version": CHUNK_VERSION, "task": result.request.TASK, "request": result.request.record(),
+             "batch_index": index, "seed": seed, "steps_done": result.steps_done,
+             "interrupted": result.interrupted, "details": result.details.to_json()}
     info.add_text(STUDIO_CHUNK, json.dumps(chunk, ensure_ascii=False, allow_nan=False))
     return info
 
 
-def parse_infotext(text: str) -> dict[str, Any]:
-    """Request fields found in A1111 infotext (only those both tools share)."""
+def _infotext_keys(task_name: str) -> dict[str, list[str]]:
+    """A1111 key -> the task's fields written under it ("Size" -> [width, height])."""
+    keys: dict[str, list[str]] = {}
+    for name, spec in specs(task(task_name).request).items():
+        if spec.infotext:
+            keys.setdefault(spec.infotext, []).append(name)
+    return keys
+
+
+def parse_infotext(text: str) -> tuple[str, dict[str, Any]]:
+    """(task, request fields) found in A1111 infotext: only what both tools share. The task is
+    the first whose keys cover every key found ("Denoising strength" means image-to-image)."""
     lines = text.strip().split("\n")
     if not lines or "Steps:" not in lines[-1]:
         raise ValueError("parameters text has no settings line (expected 'Steps: …, Sampler: …' last)")
@@ -76,25 +105,40 @@ def parse_infotext(text: str) -> dict[str, Any]:
         prompt, negative = "", body[len(marker):]
     elif f"\n{marker}" in body:
         prompt, negative = body.split(f"\n{marker}", 1)
+    if any(k.startswith("Hires") for k in params):
+        params.pop("Denoising strength", None)  # A1111's hires fix: a text-to-image setting Studio lacks
+    known = set().union(*(_infotext_keys(t) for t in TASKS))
+    found = {k for k in params if k in known}
+    name = next((t for t in TASKS if found <= set(_infotext_keys(t))), "txt2img")
     out: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
-    try:
-        if "Steps" in params:
-            out["num_inference_steps"] = int(params["Steps"])
-        if "CFG scale" in params:
-            out["guidance_scale"] = float(params["CFG scale"])
-        if "Seed" in params:
-            out["seed"] = int(params["Seed"])
-        if "Size" in params:
-            out["width"], out["height"] = (int(v) for v in params["Size"].split("x"))
-    except ValueError as exc:
-        raise ValueError(f"parameters text has a malformed value: {exc}") from None
-    scheduler = _scheduler_from_a1111(params.get("Sampler", ""), params.get("Schedule type", ""))
-    if scheduler:
-        out["scheduler"] = scheduler
-    if params.get("Model"):
-        out["model"] = params["Model"]
-    if params.get("Batch size", "").isdigit():
-        out["batch_size"] = int(params["Batch size"])
+    for key, names in _infotext_keys(name).items():
+        if key in params:
+            out.update(_parse_value(key, names, params))
+    return name, out
+
+
+def _parse_value(key: str, names: list[str], params: dict[str, str]) -> dict[str, Any]:
+    kinds = specs_by_name()
+    value = params[key]
+    if names == ["scheduler"]:  # A1111's sampler + schedule type; skipped when Studio has none
+        scheduler = _scheduler_from_a1111(value, params.get("Schedule type", ""))
+        return {"scheduler": scheduler} if scheduler else {}
+    parts = value.split("x") if len(names) > 1 else [value]
+    if len(parts) != len(names):
+        raise ValueError(f"parameters text has a malformed value: {key}: {value!r}")
+    out = {}
+    for name, part in zip(names, parts):
+        try:
+            out[name] = {"int": int, "float": float}.get(kinds[name].kind, str)(part)
+        except ValueError:
+            raise ValueError(f"parameters text has a malformed value: {key}: {value!r}") from None
+    return out
+
+
+def specs_by_name() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for t in TASKS.values():
+        out.update(specs(t.request))
     return out
 
 
@@ -108,8 +152,8 @@ def _scheduler_from_a1111(sampler: str, schedule: str) -> str | None:
     return sampler if sampler in SCHEDULERS else None
 
 
-def read_png_settings(path: str) -> tuple[dict[str, Any], str]:
-    """Request fields stored in a PNG, and where they came from ("studio" or "a1111")."""
+def read_png_settings(path: str) -> tuple[str, dict[str, Any], str]:
+    """(task, request fields, source) stored in a PNG; source is "studio" or "a1111"."""
     try:
         with Image.open(path) as img:
             if img.format != "PNG":
@@ -121,26 +165,32 @@ def read_png_settings(path: str) -> tuple[dict[str, Any], str]:
         if len(chunks.get(name, "")) > MAX_CHUNK_CHARS:
             raise ValueError(f"the {name!r} metadata is over {MAX_CHUNK_CHARS} characters")
     if STUDIO_CHUNK in chunks:
-        return _parse_studio_chunk(chunks[STUDIO_CHUNK]), "studio"
+        return (*_parse_studio_chunk(chunks[STUDIO_CHUNK]), "studio")
     if A1111_CHUNK in chunks:
-        return parse_infotext(chunks[A1111_CHUNK]), "a1111"
+        return (*parse_infotext(chunks[A1111_CHUNK]), "a1111")
     raise ValueError("this PNG carries no generation settings (no 'studio' or 'parameters' text chunk)")
 
 
-def _parse_studio_chunk(text: str) -> dict[str, Any]:
+def _parse_studio_chunk(text: str) -> tuple[str, dict[str, Any]]:
     try:
         chunk = json.loads(text, parse_constant=_reject_constant)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"the 'studio' metadata is not valid JSON: {exc}") from None
     if not isinstance(chunk, dict) or not isinstance(chunk.get("request"), dict):
         raise ValueError("the 'studio' metadata has no 'request' object")
-    if chunk.get("version", 0) > CHUNK_VERSION:
-        raise ValueError(f"the image was made by a newer Studio (metadata version {chunk['version']}, this one reads {CHUNK_VERSION})")
+    version = chunk.get("version", 0)
+    if not isinstance(version, int) or version > CHUNK_VERSION:
+        raise ValueError(f"the image was made by a newer Studio (metadata version {version!r}, "
+                         f"this one reads {CHUNK_VERSION})")
+    name = chunk.get("task", "txt2img")  # version 1 had text-to-image only
+    if name not in TASKS:
+        raise ValueError(f"the 'studio' metadata names an unknown task {name!r}; expected one of {list(TASKS)}")
     request = chunk["request"]
-    unknown = sorted(set(request) - set(REQUEST_FIELDS))
+    recorded = {n for n, s in specs(task(name).request).items() if s.record}
+    unknown = sorted(set(request) - recorded)
     if unknown:
-        raise ValueError(f"the 'studio' metadata has unknown request fields: {unknown}")
-    return request
+        raise ValueError(f"the 'studio' metadata has unknown {name} request fields: {unknown}")
+    return name, request
 
 
 def _reject_constant(name: str):

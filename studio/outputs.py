@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import secrets
 import tempfile
@@ -13,7 +12,6 @@ from typing import Any
 from PIL import PngImagePlugin
 
 from studio.metadata import png_info
-from studio.pipelines.txt2img import REQUEST_FIELDS, Txt2ImgRequest
 from studio.results import Result
 
 
@@ -39,17 +37,15 @@ def save_png(image: Any, folder: Path, name: str, info: PngImagePlugin.PngInfo |
     return folder / name
 
 
-def save_result_images(result: Result, request: Txt2ImgRequest, outputs_dir: Path) -> list[Path]:
+def save_result_images(result: Result, outputs_dir: Path) -> list[Path]:
     """Save a batch under outputs_dir/YYYY-MM-DD/; each PNG carries the settings that remake it.
 
     Images that had a post-effect (the lens blur) are followed by their originals, saved beside
     them as <name>-sharp.png."""
     folder = Path(outputs_dir) / f"{datetime.now():%Y-%m-%d}"
-    as_run = dataclasses.replace(request, seed=result.seed)  # a random seed (-1) resolved
-    details = {k: v for k, v in result.metadata.items() if k not in REQUEST_FIELDS}
     paths, sharp = [], []
-    for i, (image, seed) in enumerate(zip(result.images, result.metadata["seeds"])):
-        info = png_info(as_run, seed, i, details)
+    for i, (image, seed) in enumerate(zip(result.images, result.seeds)):
+        info = png_info(result, i)
         paths.append(save_png(image, folder, output_name(seed), info))
         if result.originals:
             sharp.append(save_png(result.originals[i], folder, paths[-1].stem + "-sharp.png", info))

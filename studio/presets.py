@@ -1,33 +1,38 @@
 """Presets users share: a versioned, strictly validated JSON format, stored as files or in a link.
 
-A preset names a model, a style, the text-to-image settings and the camera (later issues add
-ControlNet, LoRA, upscaling and panorama sections). Validation is strict: unknown keys, wrong
-types ("20" or true for an integer), NaN/Infinity, out-of-range values, oversized or non-UTF-8
-files and newer schema versions are errors that name the problem; nothing is coerced.
+A preset belongs to one task (`"task"`, text-to-image when absent) and holds that task's recorded
+request fields in sections that follow the field groups: the model at the top level, "style",
+the task's own section ("txt2img", "img2img") and shared ones such as "camera". The schema of
+each task's presets is generated from its request declaration (studio/fields.py), so a field's
+range is written once. Validation is strict: unknown keys, wrong types ("20" or true for an
+integer), NaN/Infinity, out-of-range values, oversized or non-UTF-8 files and newer schema
+versions are errors that name the problem; nothing is coerced.
+
+null means: for the prompts and the model, keep what the user has; for steps, guidance, sampler
+and size, the model's own default; for camera controls, off.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
 import tempfile
 import zlib
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from studio.models.registry import Registry
-from studio.pipelines.txt2img import CAMERA_FIELDS, MAX_SEED, Txt2ImgRequest
-from studio.schedulers import check_scheduler_name
+from studio.fields import Spec, defaults, section_of, specs
+from studio.tasks import TASKS, task
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: presets of any task ("task"); version 1 files are text-to-image presets
 MAX_PRESET_BYTES = 1_000_000
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "presets"
-NOT_PRESETS = {"models.json"}  # the model registry shares the shipped folder
+NOT_PRESETS = {"models.json", "styles.json"}  # the model registry and styles share the shipped folder
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$"
 
 
@@ -35,131 +40,117 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
-class Style(_Strict):
-    name: str = Field("", max_length=64)
-    prompt: str = Field("{prompt}", max_length=4000)  # the user's prompt goes where {prompt} is
-    negative_prompt: str = Field("", max_length=4000)
-
-    @field_validator("prompt")
-    @classmethod
-    def _has_placeholder(cls, v: str) -> str:
-        if "{prompt}" not in v:
-            raise ValueError(f"must contain the placeholder {{prompt}}, got {v!r}")
-        return v
-
-
-Size = Annotated[int, Field(ge=0, le=8192)]
-
-
-class Txt2ImgSettings(_Strict):
-    # null prompts leave the user's own prompts in place when the preset is applied
-    prompt: str | None = Field(None, max_length=20000)
-    negative_prompt: str | None = Field(None, max_length=20000)
-    width: int = Field(ge=64, le=2048, multiple_of=8)
-    height: int = Field(ge=64, le=2048, multiple_of=8)
-    num_inference_steps: int = Field(ge=1, le=150)
-    guidance_scale: float = Field(ge=0, le=30)
-    scheduler: str
-    seed: int = Field(-1, ge=-1, le=MAX_SEED)
-    batch_size: int = Field(1, ge=1, le=8)
-    # SDXL micro-conditioning: [height, width] / [top, left]; null = the image's own size
-    original_size: tuple[Size, Size] | None = None
-    crops_coords_top_left: tuple[Size, Size] = (0, 0)
-    target_size: tuple[Size, Size] | None = None
-    negative_original_size: tuple[Size, Size] | None = None
-    negative_crops_coords_top_left: tuple[Size, Size] | None = None
-    negative_target_size: tuple[Size, Size] | None = None
-    micro_conditioning_power: float = Field(0.0, ge=0, le=8)
-
-    @field_validator("scheduler")
-    @classmethod
-    def _known_scheduler(cls, v: str) -> str:
-        check_scheduler_name(v)
-        return v
-
-
-class Camera(_Strict):
-    """Camera controls (studio/camera.py); null turns a control off."""
-
-    camera_pitch: float | None = Field(None, ge=-60, le=60)  # degrees, positive looking up
-    focal_length_mm: float | None = Field(None, ge=8, le=800)  # full-frame equivalent
-    aperture_f_number: float | None = Field(None, ge=0.7, le=64)
-    focus_distance_m: float | None = Field(None, ge=0.1, le=10000)  # null: focus on the centre
-    dof_mode: Literal["lens", "prompt"] = "lens"
-    horizon_strength: float = Field(0.6, ge=0, le=2)
-
-
-class Preset(_Strict):
-    schema_version: Literal[1]
+class PresetBase(_Strict):
+    schema_version: Literal[1, 2]
     name: str = Field(pattern=NAME_PATTERN)
     description: str = Field("", max_length=2000)
     author: str = Field("", max_length=200)
-    model: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")  # a registry name, never a URL or path
-    style: Style = Style()
-    txt2img: Txt2ImgSettings
-    camera: Camera = Camera()  # absent: every camera control off
 
     def settings(self) -> dict[str, Any]:
-        """The widget values the preset fills, named as Txt2ImgRequest's fields (None: keep)."""
-        return {**self.txt2img.model_dump(), **self.camera.model_dump(), "model": self.model,
-                "style_prompt": self.style.prompt, "style_negative_prompt": self.style.negative_prompt}
+        """The request fields the preset fills, by field name (None: see the module docstring)."""
+        request_type = task(self.task).request
+        out = {}
+        for name, spec in specs(request_type).items():
+            if spec.record:
+                section = section_of(request_type, name)
+                holder = self if section == "" else getattr(self, section)
+                value = getattr(holder, spec.key or name)
+                out[name] = tuple(value) if isinstance(value, list) else value
+        return out
 
-    def to_request(self, prompt: str = "", negative_prompt: str = "") -> Txt2ImgRequest:
-        """The request the preset makes; null prompts take the given ones."""
-        s = self.settings()
-        s["prompt"] = prompt if s["prompt"] is None else s["prompt"]
-        s["negative_prompt"] = negative_prompt if s["negative_prompt"] is None else s["negative_prompt"]
-        return Txt2ImgRequest(**s)
+
+def _annotation(spec: Spec) -> Any:
+    """The pydantic type of a declared field (its range, length, choices)."""
+    if spec.kind == "int":
+        base = Annotated[int, Field(ge=spec.lo, le=spec.hi, multiple_of=spec.multiple_of)]
+    elif spec.kind == "float":
+        base = Annotated[float, Field(ge=spec.lo, le=spec.hi)]
+    elif spec.kind == "choice":
+        base = Literal[spec.choices]
+    elif spec.kind == "pair":
+        side = Annotated[int, Field(ge=spec.lo, le=spec.hi)]
+        base = tuple[side, side]
+    else:
+        base = Annotated[str, Field(max_length=spec.hi, pattern=spec.pattern)]
+    return base | None if spec.optional or spec.from_model or spec.keep_if_null else base
 
 
-def preset_from_request(request: Txt2ImgRequest, name: str, description: str = "", author: str = "",
-                        style_name: str = "", include_prompts: bool = True) -> Preset:
+@functools.cache
+def preset_model(task_name: str) -> type[PresetBase]:
+    """The preset schema of a task, generated from its request declaration."""
+    request_type = task(task_name).request
+    declared = defaults(request_type)
+    sections: dict[str, dict[str, Any]] = {"": {}}
+    for name, spec in specs(request_type).items():
+        if not spec.record:
+            continue
+        default = None if spec.from_model or spec.keep_if_null else declared[name]
+        sections.setdefault(section_of(request_type, name), {})[spec.key or name] = (_annotation(spec), default)
+    top = sections.pop("")
+    for section, fields in sections.items():
+        model = create_model(f"{task_name}_{section}", __base__=_Strict, **fields)
+        top[section] = (model, model())
+    return create_model(f"{task_name}_preset", __base__=PresetBase, task=(Literal[task_name], task_name), **top)
+
+
+def preset_from_request(request: Any, name: str, description: str = "", author: str = "",
+                        include_prompts: bool = True) -> PresetBase:
     """The preset that restores `request` (validated like any preset)."""
-    fields = asdict(request)
-    if not include_prompts:
-        fields["prompt"] = fields["negative_prompt"] = None
-    model, style_prompt, style_negative = fields.pop("model"), fields.pop("style_prompt"), fields.pop("style_negative_prompt")
-    camera = {k: fields.pop(k) for k in CAMERA_FIELDS}
-    return parse_preset({
-        "schema_version": SCHEMA_VERSION, "name": name, "description": description, "author": author,
-        "model": model, "style": {"name": style_name, "prompt": style_prompt, "negative_prompt": style_negative},
-        "txt2img": fields, "camera": camera,
-    })
+    request_type = type(request)
+    doc: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "task": request_type.TASK, "name": name,
+                           "description": description, "author": author}
+    for field_name, spec in specs(request_type).items():
+        if not spec.record:
+            continue
+        value = getattr(request, field_name)  # pairs stay tuples: strict validation of a dict wants them
+        if not include_prompts and field_name in ("prompt", "negative_prompt"):
+            value = None
+        section = section_of(request_type, field_name)
+        (doc if section == "" else doc.setdefault(section, {}))[spec.key or field_name] = value
+    return parse_preset(doc)
 
 
 def _reject_constant(name: str):
     raise ValueError(f"NaN and Infinity are not allowed in a preset, found {name}")
 
 
-def parse_preset(data: bytes | str | dict, registry: Registry | None = None) -> Preset:
+def _load_json(data: bytes | str) -> tuple[Any, str]:
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    if len(raw) > MAX_PRESET_BYTES:
+        raise ValueError(f"a preset must be at most {MAX_PRESET_BYTES} bytes, got {len(raw)}")
+    try:
+        text = raw.decode("utf-8")
+        return json.loads(text, parse_constant=_reject_constant), text
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"a preset must be UTF-8 text: {exc}") from None
+    except RecursionError:
+        raise ValueError("a preset must not be nested this deeply") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"a preset must be JSON: {exc}") from None
+
+
+def parse_preset(data: bytes | str | dict, registry: Any = None) -> PresetBase:
     """Validate a preset from file bytes, JSON text or a dict; raise ValueError saying what is wrong."""
     text = None
     if isinstance(data, (bytes, str)):
-        raw = data.encode("utf-8") if isinstance(data, str) else data
-        if len(raw) > MAX_PRESET_BYTES:
-            raise ValueError(f"a preset must be at most {MAX_PRESET_BYTES} bytes, got {len(raw)}")
-        try:
-            text = raw.decode("utf-8")
-            data = json.loads(text, parse_constant=_reject_constant)
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"a preset must be UTF-8 text: {exc}") from None
-        except RecursionError:
-            raise ValueError("a preset must not be nested this deeply") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"a preset must be JSON: {exc}") from None
+        data, text = _load_json(data)
     if not isinstance(data, dict):
         raise ValueError(f"a preset must be a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise ValueError(f"this preset needs schema_version {version}; this Studio reads up to "
                          f"{SCHEMA_VERSION}: update Studio to use it")
+    task_name = data.get("task", "txt2img")
+    if task_name not in TASKS:
+        raise ValueError(f"invalid preset: task must be one of {list(TASKS)}, got {task_name!r:.80}")
+    model = preset_model(task_name)
     try:
         # JSON text is validated as JSON (strict mode then takes arrays for pairs); dicts as Python.
-        preset = Preset.model_validate(data) if text is None else Preset.model_validate_json(text)
+        preset = model.model_validate(data) if text is None else model.model_validate_json(text)
     except ValidationError as exc:
         raise ValueError(_describe(exc)) from None
     if registry is not None:
-        check_preset_model(preset, registry)
+        check_preset(preset, registry)
     return preset
 
 
@@ -169,13 +160,39 @@ def _describe(exc: ValidationError) -> str:
     return "invalid preset: " + "; ".join(problems)
 
 
-def check_preset_model(preset: Preset, registry: Registry) -> None:
-    if preset.model not in registry.names("base"):
-        raise ValueError(f"preset model must be one of {registry.names('base')}, got {preset.model!r}")
-    preset.to_request().validate(registry.get(preset.model))  # family size limits
+def merge_settings(request_type: type, current: dict[str, Any], settings: dict[str, Any],
+                   registry: Any) -> dict[str, Any]:
+    """`current` request values with a preset's (or a PNG's) `settings` applied, nulls resolved."""
+    every = specs(request_type)
+    unknown = sorted(set(settings) - set(every))
+    if unknown:
+        raise ValueError(f"{unknown} are not {request_type.TASK} settings")
+    merged = dict(current)
+    model_defaults = registry.get(settings.get("model") or current["model"]).defaults
+    for name, value in settings.items():
+        if value is None and every[name].keep_if_null:
+            continue  # the user's own prompt and model stay
+        if value is None and every[name].from_model:
+            value = getattr(model_defaults, name)
+        merged[name] = value
+    return merged
 
 
-def preset_json(preset: Preset) -> str:
+def preset_request(preset: PresetBase, registry: Any, prompt: str = "", negative_prompt: str = "") -> Any:
+    """The request a preset makes on its own (over its model's defaults; null prompts take the
+    given ones). Not validated; an input image is not part of it."""
+    request_type = task(preset.task).request
+    current = {**defaults(request_type), "model": preset.model or registry.default, "prompt": prompt,
+               "negative_prompt": negative_prompt}
+    return request_type(**merge_settings(request_type, current, preset.settings(), registry))
+
+
+def check_preset(preset: PresetBase, registry: Any) -> None:
+    """The preset's model and settings must suit this registry (sizes within the family's range)."""
+    preset_request(preset, registry).validate(registry, inputs=False)
+
+
+def preset_json(preset: PresetBase) -> str:
     return json.dumps(preset.model_dump(), indent=2, ensure_ascii=False) + "\n"
 
 
@@ -190,7 +207,7 @@ def preset_path(folder: Path, name: str) -> Path:
     return path
 
 
-def save_preset(preset: Preset, folder: Path) -> Path:
+def save_preset(preset: PresetBase, folder: Path) -> Path:
     """Write `preset` to folder/<name>.json atomically (temp file + rename)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = preset_path(folder, preset.name)
@@ -215,19 +232,19 @@ def list_presets(*folders: Path) -> dict[str, Path]:
     return found
 
 
-def load_preset(path: Path, registry: Registry | None = None) -> Preset:
+def load_preset(path: Path, registry: Any = None) -> PresetBase:
     if path.stat().st_size > MAX_PRESET_BYTES:
         raise ValueError(f"a preset must be at most {MAX_PRESET_BYTES} bytes, got {path.stat().st_size}")
     return parse_preset(path.read_bytes(), registry)
 
 
-def share_token(preset: Preset) -> str:
+def share_token(preset: PresetBase) -> str:
     """A compact URL-safe token for a share link (?preset=<token>): zlib-compressed JSON."""
     raw = json.dumps(preset.model_dump(), separators=(",", ":"), ensure_ascii=False).encode()
     return base64.urlsafe_b64encode(zlib.compress(raw, 9)).decode().rstrip("=")
 
 
-def preset_from_token(token: str, registry: Registry | None = None) -> Preset:
+def preset_from_token(token: str, registry: Any = None) -> PresetBase:
     if not isinstance(token, str) or len(token) > 16_000 or not re.fullmatch(r"[A-Za-z0-9_\-]+", token):
         raise ValueError("the share link's preset is not a valid token")
     try:
