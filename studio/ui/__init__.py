@@ -1,15 +1,19 @@
-"""The Gradio Blocks app: one builder per tab, wired to one ModelManager. No torch here."""
+"""The Gradio Blocks app: one tab per task of the task table, wired to one ModelManager. No torch here."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from studio.styles import load_styles
+from studio.tasks import TASKS
 from studio.ui.jobs import StopFlags
-from studio.ui.presets import PresetStore, build_preset_api, build_presets_panel
-from studio.ui.txt2img import build_txt2img_tab
+from studio.ui.preset_panel import build_history, build_presets_panel
+from studio.ui.presets import Filler, PresetStore, build_preset_api
+from studio.ui.tab import AppContext, Tab
 
 
 def build_app(manager: Any, default_model: str, outputs_dir: Path, user_presets: Path,
@@ -18,13 +22,40 @@ def build_app(manager: Any, default_model: str, outputs_dir: Path, user_presets:
         gr.Markdown("# Studio\nImage generation on diffusers.")
         if notice:
             gr.Markdown(f"**Notice:** {notice}", elem_id="model-notice")
-        stops = StopFlags()
+        history = gr.State([])
+        ctx = AppContext(manager, default_model, Path(outputs_dir), StopFlags(), history, load_styles())
         store = PresetStore(manager.registry, user_presets)
         presets_slot = gr.Column()
-        with gr.Tabs():
-            with gr.Tab("Text to image", id="txt2img"):
-                widgets = build_txt2img_tab(manager, default_model, Path(outputs_dir), stops)
+        active = gr.State("txt2img")  # the tab shown: what "save" and "share" take their settings from
+        with gr.Tabs() as selector:
+            tabs = []
+            for task in TASKS.values():
+                with gr.Tab(task.label, id=task.name) as page:
+                    tabs.append(importlib.import_module(task.ui).build_tab(ctx))
+                page.select(lambda name=task.name: name, None, active, api_visibility="private", queue=False)
+        filler = Filler(manager, tabs, selector, active)
         with presets_slot:  # shown above the tabs, built once the widgets it fills exist
-            build_presets_panel(demo, manager, widgets, store)
+            build_presets_panel(demo, filler, store, active)
+        build_history(filler, history)
+        wire_send_to(tabs, selector, active)
         build_preset_api(store)
     return demo
+
+
+def wire_send_to(tabs: list[Tab], selector: gr.Tabs, active: gr.State) -> None:
+    """"Send to <tab>" under every gallery, for each tab that takes an input image."""
+    for source in tabs:
+        for target in (t for t in tabs if t.image_input is not None):
+            with source.send_row:
+                button = gr.Button(f"Send to {target.task.label.lower()}", size="sm",
+                                   elem_id=f"send-{source.task.name}-to-{target.task.name}")
+
+            def send(selected: str | None, gallery: list | None, name: str = target.task.name):
+                paths = [item[0] for item in gallery or []]
+                path = selected if selected in paths else (paths[0] if paths else None)
+                if path is None:
+                    raise gr.Error("Generate an image first: there is nothing to send.", print_exception=False)
+                return path, gr.Tabs(selected=name), name
+
+            button.click(send, [source.selected, source.gallery], [target.image_input, selector, active],
+                         api_visibility="private", queue=False)

@@ -7,7 +7,9 @@ from typing import Any
 import gradio as gr
 
 from studio.camera import SENSOR_LONG_MM, depth_of_field_limits_m, focal_length_px, fov_degrees, horizon_row
-from studio.pipelines.txt2img import DOF_MODES
+from studio.fields import defaults
+from studio.groups import DOF_MODES, Camera
+from studio.ui.widgets import optional_number, widget
 
 HELP = (
     "Leave a box empty to turn that control off. **Pitch** tilts the camera (+ looks up): the horizon "
@@ -15,24 +17,6 @@ HELP = (
     "**Aperture** blurs each image after generation from its estimated depth, as a thin lens would "
     "(the sharp image is kept too), or, with *prompt words only*, just asks the model for bokeh."
 )
-
-
-def optional_number(value: Any) -> Any:
-    """An empty box (None, "", "off") is None; numeric text becomes a number; the rest is passed
-    on for validation to refuse with the field's name."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "off", "none")):
-        return None
-    if isinstance(value, str):
-        try:
-            return float(value.strip().replace("−", "-"))  # a typographic minus too
-        except ValueError:
-            return value
-    return value
-
-
-def number_text(value: Any) -> str:
-    """How an optional number shows in its box: empty for None, 24 rather than 24.0."""
-    return "" if value is None else f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
 def camera_summary(focal_length_mm: Any, pitch: Any, aperture: Any, focus: Any, width: Any, height: Any) -> str:
@@ -61,23 +45,22 @@ def camera_summary(focal_length_mm: Any, pitch: Any, aperture: Any, focus: Any, 
         return f"Camera settings not valid yet: {exc}"
 
 
-def build_camera_panel() -> dict[str, gr.components.Component]:
-    """The panel's widgets, keyed by Txt2ImgRequest field, plus "summary" (a Markdown line)."""
+def build_camera_panel(declared: dict[str, Any]) -> dict[str, gr.components.Component]:
+    """The panel's widgets (from the Camera group's declarations), keyed by request field, plus
+    "summary" (a Markdown line)."""
     with gr.Accordion("Camera", open=True, elem_id="camera"):
         gr.Markdown(HELP)
         with gr.Row():
-            # Text boxes, not gr.Number: an empty box must mean "off" (Gradio's Number shows and sends
-            # 0 for an empty value, and 0° is a real, level pitch).
-            focal = gr.Textbox("", label="Focal length (mm, full frame)", placeholder="off · 14, 24, 50, 85, 200",
-                               elem_id="focal-length")
-            pitch = gr.Textbox("", label="Pitch (°, + looks up)", placeholder="off · −60 … +60", elem_id="pitch")
-            strength = gr.Slider(0, 2, value=0.6, step=0.05, label="Horizon layout strength", elem_id="horizon-strength")
+            focal = widget(declared["focal_length_mm"], None, "focal-length", placeholder="off · 14, 24, 50, 85, 200")
+            pitch = widget(declared["camera_pitch"], None, "pitch", placeholder="off · −60 … +60")
+            strength = widget(declared["horizon_strength"], defaults(Camera)["horizon_strength"], "horizon-strength")
         with gr.Row():
-            aperture = gr.Textbox("", label="Aperture (f-number)", placeholder="off · 1.4, 1.8, 2.8, 8, 16",
-                                  elem_id="aperture")
-            focus = gr.Textbox("", label="Focus distance (m)", placeholder="auto: the centre", elem_id="focus-distance")
-            dof_mode = gr.Radio([(label, mode) for mode, label in DOF_MODES.items()], value="lens",
-                                label="Depth of field from", elem_id="dof-mode")
+            aperture = widget(declared["aperture_f_number"], None, "aperture", placeholder="off · 1.4, 1.8, 2.8, 8, 16")
+            focus = widget(declared["focus_distance_m"], None, "focus-distance", placeholder="auto: the centre")
+            spec = declared["dof_mode"]
+            dof_mode = gr.Radio([(label, mode) for mode, label in DOF_MODES.items()], value=defaults(Camera)["dof_mode"],
+                                label=spec.label,
+                                elem_id="dof-mode")
         summary = gr.Markdown(camera_summary(None, None, None, None, 1024, 1024), elem_id="camera-summary")
     return dict(camera_pitch=pitch, focal_length_mm=focal, aperture_f_number=aperture, focus_distance_m=focus,
                 dof_mode=dof_mode, horizon_strength=strength, summary=summary)

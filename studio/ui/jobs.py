@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import queue
 import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 GPU = "gpu"  # the one concurrency group every GPU event shares
 
@@ -54,3 +58,42 @@ class Latest:
 
     def stale(self, session: str, token: int) -> bool:
         return self.current(session) != token
+
+
+def stream_job(run: Callable[..., Any], request: Any, models: Any, flag: threading.Event,
+               previews: bool = True, every_s: float = 0.5) -> Iterator[tuple[str, Any]]:
+    """Run `run(request, models, on_step)` in a thread of its own and follow it from here.
+
+    Yields ("step", StepEvent) at most every `every_s` seconds (with `images`, a cheap preview of
+    the latents, in the event's place when `previews`), ("wait", message) while another job holds
+    the GPU, and finally ("done", Result); an error of the job is raised here. If the consumer goes
+    away (a closed page), the job is asked to stop at its next step."""
+    events: queue.Queue = queue.Queue()
+    last = [0.0]
+
+    def on_step(event: Any) -> bool:
+        if event.message is not None:
+            events.put(("wait", event.message))
+        elif time.monotonic() - last[0] >= every_s or event.step == event.total:
+            last[0] = time.monotonic()
+            images = event.preview() if previews and event.preview is not None and event.step < event.total else None
+            events.put(("step", (event, images)))
+        return flag.is_set()
+
+    def work() -> None:
+        try:
+            events.put(("done", run(request, models, on_step)))
+        except BaseException as exc:  # handed to the consumer, who raises it
+            events.put(("error", exc))
+
+    threading.Thread(target=work, name=f"job-{request.TASK}", daemon=True).start()
+    try:
+        while True:
+            kind, payload = events.get()
+            if kind == "error":
+                raise payload
+            yield kind, payload
+            if kind == "done":
+                return
+    finally:
+        flag.set()  # no effect once the job is done; stops it when the consumer left early

@@ -34,7 +34,8 @@ def live_preview(request: Txt2ImgRequest, manager: Any, latest: Latest, session:
         return None
     draft = draft_request(request, manager.registry)
     result = txt2img.run(draft, manager, on_step=lambda event: latest.stale(session, token))
-    return None if result.metadata["interrupted"] or latest.stale(session, token) else result
+    # The last check matters for one-step drafts: an edit during their only step cannot interrupt it.
+    return None if result.interrupted or latest.stale(session, token) else result
 
 
 def wire_live_preview(manager: Any, fields: dict[str, gr.components.Component],
@@ -61,9 +62,9 @@ def wire_live_preview(manager: Any, fields: dict[str, gr.components.Component],
             return gr.skip(), f"Preview paused: {exc}"
         if result is None:  # superseded: the newer edit's preview will answer
             return gr.skip(), gr.skip()
-        m = result.metadata
-        return result.images[0], (f"Draft: {m['model']}, {m['num_inference_steps']} step(s), "
-                                  f"{m['width']}×{m['height']}, seed {m['seed']}. Not saved; press Generate to keep.")
+        r = result.request
+        return result.images[0], (f"Draft: {r.model}, {r.num_inference_steps} step(s), {r.width}×{r.height}, "
+                                  f"seed {r.seed}. Not saved; press Generate to keep.")
 
     edit = gr.State(0)  # the token of this tab's latest edit
     for component in [enabled, *triggers]:

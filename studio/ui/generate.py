@@ -1,0 +1,119 @@
+"""Generate and Stop for any tab: one page event and one API endpoint per task.
+
+The page's event is a generator: the job runs in a thread of its own (ui/jobs.stream_job) while
+the page shows its progress, cheap previews of the latents and "waiting" messages in the tab's
+status line. A bad input or an unavailable model is one message in that line, and the last
+results stay on screen. The API endpoint (/txt2img, /img2img, ...) takes the request's fields by
+name and raises a clear error instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from studio.models.manager import ModelUnavailable
+from studio.outputs import save_result_images
+from studio.ui.jobs import GPU, stream_job
+from studio.ui.tab import AppContext, Tab, status_html
+from studio.ui.widgets import api_function
+
+INPUT_ERRORS = (ValueError, ModelUnavailable)  # the user's to fix: a message, not a traceback
+
+
+def session_of(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "api"
+
+
+def gallery_items(paths: list, result: Any) -> list:
+    """Saved images for the gallery; after a lens blur, the blurred ones first, then the sharp."""
+    if not result.originals:
+        return [str(p) for p in paths]
+    n, f_number = len(result.images), getattr(result.request, "aperture_f_number", None)
+    return [(str(p), f"f/{f_number:g} lens blur" if i < n else "sharp") for i, p in enumerate(paths)]
+
+
+def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Button, out: dict[str, Any]) -> None:
+    manager, task = ctx.manager, tab.task
+    gallery, used_seed, details, status = out["gallery"], out["used_seed"], out["details"], out["status"]
+    skip = gr.skip()
+
+    def prepare(values: dict[str, Any]) -> Any:
+        try:
+            request = tab.make_request(values)
+        except TypeError as exc:  # a value of the wrong kind for its field
+            raise ValueError(str(exc)) from None
+        request.validate(manager.registry)
+        return request
+
+    def on_page(data: dict, request: gr.Request):
+        # One dict of inputs (not *values): Gradio injects `request` only into named parameters.
+        session = session_of(request)
+        try:
+            job = prepare({name: data[w] for name, w in tab.fields.items()})
+        except INPUT_ERRORS as exc:
+            yield skip, skip, skip, status_html(str(exc), "error"), skip
+            return
+        flag = ctx.stops.start(session)
+        result = None
+        try:
+            for kind, payload in stream_job(task.run, job, manager, flag):
+                if kind == "wait":
+                    yield skip, skip, skip, status_html(payload, "waiting"), skip
+                elif kind == "step":
+                    event, images = payload
+                    text = f"Step {event.step} of {event.total}" + (" · stopping…" if flag.is_set() else "")
+                    yield images or skip, skip, skip, status_html(text, "running", event.step, event.total), skip
+                else:
+                    result = payload
+        except INPUT_ERRORS as exc:
+            yield skip, skip, skip, status_html(str(exc), "error"), skip
+            return
+        finally:
+            ctx.stops.finish(session, flag)
+        paths = save_result_images(result, ctx.outputs_dir)
+        history = [*(data[ctx.history] or []), *((str(p), task.name) for p in paths[:len(result.images)])]
+        kind = "stopped" if result.interrupted else "done"
+        yield (gallery_items(paths, result), str(result.seed), result.summary(), status_html(result.status(), kind),
+               history)
+
+    def on_api(values: dict[str, Any], progress: gr.Progress, request: gr.Request):
+        session = session_of(request)
+        try:
+            job = prepare(values)
+        except INPUT_ERRORS as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        flag = ctx.stops.start(session)
+
+        def on_step(event: Any) -> bool:
+            if event.message is not None:
+                progress(0.0, desc=event.message)
+            else:
+                progress((event.step, event.total), desc="Denoising", unit="steps")
+            return flag.is_set()
+
+        try:
+            result = task.run(job, manager, on_step)
+        except INPUT_ERRORS as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        finally:
+            ctx.stops.finish(session, flag)
+        return gallery_items(save_result_images(result, ctx.outputs_dir), result), result.seed, result.summary()
+
+    # preprocess=False: raw values reach validation, whose errors name the field, the range and
+    # the value, also for API callers that bypass the sliders.
+    gpu = dict(concurrency_id=GPU, concurrency_limit=1, preprocess=False)
+    generate.click(on_page, {*tab.fields.values(), ctx.history}, [gallery, used_seed, details, status, ctx.history],
+                   show_progress="hidden", api_visibility="private", **gpu)
+    api_seed = gr.Number(visible=False, precision=0)  # the API returns the seed as a number
+    api_button = gr.Button(visible=False)
+    doc = (f"{task.label}: returns the images (PNG files that carry their settings), the seed used and "
+           f"the details. Parameters are the request's fields; omitted ones take the page's defaults.")
+    api_button.click(api_function(on_api, task.request, doc), list(tab.fields.values()), [gallery, api_seed, details],
+                     api_name=task.name, show_progress="hidden", **gpu)
+
+    def stop_job(request: gr.Request) -> None:
+        ctx.stops.stop(session_of(request))
+
+    stop.click(stop_job, inputs=None, outputs=None, queue=False, api_visibility="private")
