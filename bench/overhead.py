@@ -4,7 +4,7 @@ Both paths run the very same loaded pipeline with the same prompts, size, steps,
 (built with `make_scheduler` from the model's own scheduler config) and seeded CPU generators:
 
   studio: txt2img.run(Txt2ImgRequest(..., model="tiny"), manager)
-  direct: pipe(prompt=..., negative_prompt=..., generator=[...]) on manager.pipeline("tiny")
+  direct: pipe(prompt=..., negative_prompt=..., generator=[...]) on the leased pipeline of "tiny"
 
 After a warm-up of each path and a check that both give identical pixels, the paths are timed in
 alternation (AB BA AB ..., so drift and any first-in-pair effect hit both alike). The goal is
@@ -46,7 +46,6 @@ def cpu_probe() -> DeviceInfo:
 
 def bench(args: argparse.Namespace, cache_dir: Path) -> float:
     manager = ModelManager(load_registry(), cache_dir=cache_dir, probe=cpu_probe)
-    pipe = manager.pipeline("tiny")
     request = txt2img.Txt2ImgRequest(
         prompt=PROMPT, negative_prompt=NEGATIVE, width=args.size, height=args.size,
         num_inference_steps=args.steps, guidance_scale=GUIDANCE, seed=SEED, scheduler=SCHEDULER, model="tiny",
@@ -56,16 +55,14 @@ def bench(args: argparse.Namespace, cache_dir: Path) -> float:
         return txt2img.run(request, manager).images
 
     def direct():
-        original = pipe.scheduler
-        pipe.scheduler = make_scheduler(SCHEDULER, original.config)
-        try:
+        with manager.lease("tiny") as lease:  # the lease puts the model's own scheduler back
+            pipe = lease.pipe
+            pipe.scheduler = make_scheduler(SCHEDULER, pipe.scheduler.config)
             return pipe(
                 prompt=PROMPT, negative_prompt=NEGATIVE, width=args.size, height=args.size,
                 num_inference_steps=args.steps, guidance_scale=GUIDANCE,
                 generator=[torch.Generator("cpu").manual_seed(SEED)],
             ).images
-        finally:
-            pipe.scheduler = original
 
     # Warm-up, and proof that both paths do the same work.
     a, b = studio(), direct()

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Tests never reach the Hub, except the real-model tests on a GPU machine (which have the Hub).
+if os.environ.get("STUDIO_GPU_TESTS") != "1":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def pytest_collection_modifyitems(config, items):

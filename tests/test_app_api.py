@@ -26,7 +26,7 @@ def generate(client, **overrides):
 
 def test_only_the_api_endpoints_are_public(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert sorted(endpoints) == ["/apply_preset", "/preset", "/presets", "/txt2img"]
+    assert sorted(endpoints) == ["/apply_preset", "/img2img", "/preset", "/presets", "/txt2img"]
     names = [p["parameter_name"] for p in endpoints["/txt2img"]["parameters"]]
     assert names[:9] == list(ARGS)
 
@@ -52,25 +52,28 @@ def test_same_seed_same_image_different_seed_different_image(client):
 
 
 def test_random_seed_is_returned(client):
-    _, seed, metadata = generate(client, seed=-1)
-    assert isinstance(seed, int) and 0 <= seed < 2**32 and metadata["seed"] == seed
+    images, seed, _ = generate(client, seed=-1)
+    assert isinstance(seed, int) and 0 <= seed < 2**32
+    assert json.loads(images[0].text["studio"])["seed"] == seed  # the saved PNG says so too
+    again, _, _ = generate(client, seed=seed)  # and that seed remakes the image
+    assert np.array_equal(np.asarray(images[0]), np.asarray(again[0]))
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(width=100), "width must be a multiple of 8, got 100"),
-        (dict(height=4096), "height must be an integer in [64, 512], got 4096"),
-        (dict(num_inference_steps=0), "num_inference_steps must be an integer in [1, 150], got 0"),
-        (dict(num_inference_steps=500), "num_inference_steps must be an integer in [1, 150], got 500"),
-        (dict(guidance_scale="abc"), "guidance_scale must be a finite number in [0, 30], got 'abc'"),
-        (dict(batch_size=9), "batch_size must be an integer in [1, 8], got 9"),
-        (dict(scheduler="Heun 9000"), "scheduler must be one of"),
+        (dict(width=100), "Width (width) must be a multiple of 8, got 100"),
+        (dict(height=4096), "Height (height) must be an integer in [64, 512], got 4096"),
+        (dict(num_inference_steps=0), "Steps (num_inference_steps) must be an integer in [1, 150], got 0"),
+        (dict(num_inference_steps=500), "Steps (num_inference_steps) must be an integer in [1, 150], got 500"),
+        (dict(guidance_scale="abc"), "Guidance scale (guidance_scale) must be a finite number in [0, 30], got 'abc'"),
+        (dict(batch_size=9), "Batch size (batch_size) must be an integer in [1, 8], got 9"),
+        (dict(scheduler="Heun 9000"), "Sampler (scheduler) must be one of"),
         (dict(model="no-such-model"), "unknown model 'no-such-model'"),
-        (dict(seed=2.5), "seed must be an integer in [0, 4294967295], got 2.5"),
-        (dict(camera_pitch=80), "camera_pitch must be empty or a finite number in [-60, 60], got 80"),
-        (dict(aperture_f_number="wide"), "aperture_f_number must be empty or a finite number in [0.7, 64], got 'wide'"),
-        (dict(dof_mode="tilt-shift"), "dof_mode must be one of ['lens', 'prompt'], got 'tilt-shift'"),
+        (dict(seed=2.5), "Seed (seed) must be an integer in [-1, 4294967295], got 2.5"),
+        (dict(camera_pitch=80), "Pitch (camera_pitch) must be empty or a finite number in [-60, 60], got 80"),
+        (dict(aperture_f_number="wide"), "Aperture (aperture_f_number) must be empty or a finite number in [0.7, 64], got 'wide'"),
+        (dict(dof_mode="tilt-shift"), "Depth of field from (dof_mode) must be one of ['lens', 'prompt'], got 'tilt-shift'"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_saves_nothing(client, app, overrides, message):
@@ -149,3 +152,79 @@ def test_bad_presets_through_the_api(client, preset, message):
     assert message in str(err.value)
     with pytest.raises(AppError):
         client.predict(preset, api_name="/preset")
+
+
+# --- defaults, derived from the field declarations ------------------------------------------------
+
+def test_every_parameter_but_the_prompt_has_a_default(client, app):
+    from studio.fields import defaults, specs
+    from studio.pipelines.txt2img import Txt2ImgRequest
+
+    params = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/txt2img"]["parameters"]
+    assert [p["parameter_name"] for p in params] == list(specs(Txt2ImgRequest))  # the declaration's order
+    required = [p["parameter_name"] for p in params if not p["parameter_has_default"]]
+    assert required == ["prompt"]
+    shown = {p["parameter_name"]: p["parameter_default"] for p in params}
+    # The model's own defaults for what a model decides (the tiny model here), the declaration's for the rest.
+    assert (shown["width"], shown["num_inference_steps"], shown["scheduler"]) == (64, 2, "Euler")
+    assert shown["batch_size"] == defaults(Txt2ImgRequest)["batch_size"] == 1
+    assert shown["horizon_strength"] == defaults(Txt2ImgRequest)["horizon_strength"] == 0.6
+    gallery, seed, details = client.predict(prompt="a lighthouse", api_name="/txt2img")
+    assert Image.open(gallery[0]["image"]).size == (64, 64) and details["steps_done"] == 2
+
+
+# --- image to image ----------------------------------------------------------------------------
+
+def img2img(client, image_path, **overrides):
+    from gradio_client import handle_file
+
+    args = {**dict(prompt="a lighthouse", strength=0.5, num_inference_steps=4, seed=5), **overrides}
+    gallery, seed, details = client.predict(image=handle_file(str(image_path)), **args, api_name="/img2img")
+    return [Image.open(item["image"]) for item in gallery], seed, details
+
+
+def test_img2img_keywords_and_result(client, tmp_path):
+    params = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/img2img"]["parameters"]
+    names = [p["parameter_name"] for p in params]
+    assert {"image", "prompt", "negative_prompt", "strength", "width", "height", "num_inference_steps",
+            "guidance_scale", "seed", "batch_size", "scheduler", "model"} <= set(names)
+    assert [p["parameter_name"] for p in params if not p["parameter_has_default"]] == ["image", "prompt"]
+    source = tmp_path / "in.png"
+    Image.new("RGB", (128, 96), (200, 40, 40)).save(source)
+    images, seed, details = img2img(client, source, width=96, height=64, batch_size=2)
+    assert [im.size for im in images] == [(96, 64), (96, 64)] and seed == 5
+    # diffusers runs the last int(4 · 0.5) = 2 steps of the schedule
+    assert (details["task"], details["steps_done"], details["total_steps"]) == ("img2img", 2, 2)
+    assert details["input_image"] == {"input_size": [128, 96], "resize_mode": "crop and resize", "steps_run": 2}
+    chunk = json.loads(images[1].text["studio"])
+    assert chunk["task"] == "img2img" and chunk["seed"] == 6 and chunk["request"]["strength"] == 0.5
+    assert "image" not in chunk["request"]  # the input is not a setting
+    assert "Denoising strength: 0.5" in images[0].text["parameters"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"just some text, not an image", "not an image Studio can read"),
+        (b"", "empty"),
+    ],
+)
+def test_img2img_refuses_files_that_are_not_images(client, app, tmp_path, content, message):
+    from gradio_client.exceptions import AppError
+
+    bad = tmp_path / "photo.png"
+    bad.write_bytes(content)
+    before = sorted(app[1].rglob("*.png"))
+    with pytest.raises(AppError) as err:
+        img2img(client, bad)
+    assert message in str(err.value)
+    assert sorted(app[1].rglob("*.png")) == before
+
+
+def test_img2img_strength_that_leaves_no_step_is_explained(client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    source = tmp_path / "in.png"
+    Image.new("RGB", (64, 64), "white").save(source)
+    with pytest.raises(AppError, match=r"Denoising strength \(strength\) × Steps must leave at least one step"):
+        img2img(client, source, strength=0.1, num_inference_steps=4)

@@ -156,17 +156,18 @@ def test_stop_ends_a_running_generation(app, page):
         box.press("Enter")
     page.locator("#prompt textarea").fill("a storm over the sea")
     page.locator("#generate").click()
-    gallery, details = page.locator("#gallery"), page.locator("#details")
-    # The progress bar counts steps; stop once it is visibly under way.
-    expect(gallery).to_contain_text(re.compile(r"\b\d+/150\b"), timeout=GENERATION_TIMEOUT_MS)
+    gallery, details, status = page.locator("#gallery"), page.locator("#details"), page.locator("#status")
+    # The status line counts steps, and a preview of the image being denoised shows before the end.
+    expect(status).to_contain_text(re.compile(r"Step \d+ of 150"), timeout=GENERATION_TIMEOUT_MS)
+    expect(gallery.locator("img").first).to_be_visible(timeout=GENERATION_TIMEOUT_MS)
+    assert "Stopped" not in status.text_content() and "Done" not in status.text_content()
     page.locator("#stop").click()
 
-    expect(details).to_contain_text('"interrupted": true', timeout=GENERATION_TIMEOUT_MS)
-    text = details.text_content()
-    match = re.search(r'"steps_done":\s*(\d+)', text)
-    assert match, text
-    steps_done = int(match.group(1))
+    expect(status).to_contain_text(re.compile(r"Stopped after \d+ of 150 steps"), timeout=GENERATION_TIMEOUT_MS)
+    expect(details).to_contain_text('"interrupted": true')
+    steps_done = int(re.search(r"Stopped after (\d+) of 150", status.text_content()).group(1))
     assert 1 <= steps_done < 150, f"the job ran {steps_done} of 150 steps"
+    assert f'"steps_done": {steps_done}' in details.text_content()
     expect(gallery.locator("img").first).to_be_visible()  # what was made so far is shown
 
     # The app is ready for the next job at once, which runs to the end.
@@ -174,5 +175,6 @@ def test_stop_ends_a_running_generation(app, page):
     steps.fill("2")
     steps.press("Enter")
     page.locator("#generate").click()
-    expect(details).to_contain_text('"interrupted": false', timeout=GENERATION_TIMEOUT_MS)
+    expect(status).to_contain_text(re.compile(r"Done: 1 image, seed \d+, 2 steps"), timeout=GENERATION_TIMEOUT_MS)
+    expect(details).to_contain_text('"interrupted": false')
     expect(details).to_contain_text('"steps_done": 2')

@@ -277,20 +277,23 @@ def test_presets_fill_and_clear_the_camera(app, page):
     open_app(page, url)
     page.locator("#dof-mode input[value='prompt']").check()
 
-    # 85 mm at f/1.8, lens blur; no pitch, no focus distance. The 896×1152 portrait bucket.
+    # 85 mm at f/1.8, lens blur; no pitch, no focus distance. The preset's SDXL cannot load here,
+    # so the tiny model stays, at its bucket nearest the preset's 896×1152 portrait: 64×88.
     pick_preset(page, "Photoreal portrait")
     for name, value in [("focal", "85"), ("aperture", "1.8"), ("pitch", ""), ("focus", "")]:
         expect(camera_box(page, name), f"camera box {name!r}").to_have_value(value)
     expect(page.locator("#dof-mode input[value='lens']")).to_be_checked()
-    expect_fov(page, 85, 896, 1152)  # 18.7° × 23.9°: the long side is the height
+    expect(page.get_by_label("number input for Height")).to_have_value("88")
+    expect_fov(page, 85, 64, 88)  # the long side is the height
     expect(summary(page)).not_to_contain_text("horizon")
 
-    # 24 mm tilted up 8° at 1344×768: the aperture the portrait set is cleared.
+    # 24 mm tilted up 8°, landscape (1344×768, the tiny model's 112×64): the portrait's aperture is cleared.
     pick_preset(page, "Cinematic landscape")
     for name, value in [("focal", "24"), ("pitch", "8"), ("aperture", ""), ("focus", "")]:
         expect(camera_box(page, name), f"camera box {name!r}").to_have_value(value)
-    text = expect_fov(page, 24, 1344, 768)
-    assert summary_numbers(text).get("row") == pytest.approx(horizon(24, 8, 1344, 768), abs=0.51), text
+    expect(page.get_by_label("number input for Width")).to_have_value("112")
+    text = expect_fov(page, 24, 112, 64)
+    assert summary_numbers(text).get("row") == pytest.approx(horizon(24, 8, 112, 64), abs=0.51), text
 
     # A preset without a camera section turns every camera control off.
     pick_preset(page, "Low VRAM")

@@ -22,7 +22,6 @@ from test_browser import GENERATION_TIMEOUT_MS, UI_TIMEOUT_MS, browser, output_p
 pytestmark = pytest.mark.browser
 
 TINY_LABEL = "Tiny test model (random weights, images are noise)"
-SD15_LABEL = "Stable Diffusion 1.5"
 TINY_SD15_LABEL = "Tiny SD1.5 test model (random weights)"
 
 TINY_PRESET = {
@@ -165,12 +164,15 @@ def test_picking_presets_fills_widgets_and_keeps_the_prompt(presets_app, page):
     widget(page, "prompt").fill("a red fox in the snow")
     widget(page, "negative_prompt").fill("people")
 
-    # A shipped preset for a model that is not on this machine: it still fills the widgets.
+    # A shipped preset for a model that is not on this machine: it says so, keeps the model this
+    # machine has and fills the rest (512 px is within the tiny model's range).
     choose(page, "preset_picker", "Low VRAM")
     expect(status(page)).to_contain_text("Applied preset Low VRAM")
     expect(status(page)).to_contain_text("Stable Diffusion 1.5 at 512 px")
+    expect(status(page)).to_contain_text("it needs model 'sd15', which is not available now")
+    expect(status(page)).to_contain_text("so the current model 'tiny' is kept")
     expect_widgets(page, dict(
-        model=SD15_LABEL, width="512", height="512", steps="25", guidance="7.5", scheduler="DPM++ 2M Karras",
+        model=TINY_LABEL, width="512", height="512", steps="25", guidance="7.5", scheduler="DPM++ 2M Karras",
         seed="-1", batch_size="1", style_prompt="{prompt}, high quality, detailed",
         style_negative="lowres, blurry, bad anatomy, watermark",
         # the preset's prompts are null: the user's own stay

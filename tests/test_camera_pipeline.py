@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -43,7 +42,7 @@ def test_horizon_split_follows_pitch(manager):
     found = {}
     for row in (64, 128, 192):
         result = run(Txt2ImgRequest(**LAYOUT, camera_pitch=pitch_for_row(row)), manager)
-        assert result.metadata["camera"]["horizon_row"] == pytest.approx(row, abs=0.01)
+        assert result.details.camera.horizon_row == pytest.approx(row, abs=0.01)
         found[row] = split_row(row_profile(result.images))
     for row, split in found.items():
         assert abs(split - row) <= 10, found  # where the formula puts it
@@ -65,7 +64,7 @@ def test_a_focal_length_moves_the_horizon_further(manager):
     # The same +8° tilt puts the horizon lower through a long lens (f_px·tan(pitch) grows with f).
     wide = run(Txt2ImgRequest(**LAYOUT, camera_pitch=8.0, focal_length_mm=24), manager)
     long = run(Txt2ImgRequest(**LAYOUT, camera_pitch=8.0, focal_length_mm=85), manager)
-    rows = [r.metadata["camera"]["horizon_row"] for r in (wide, long)]
+    rows = [r.details.camera.horizon_row for r in (wide, long)]
     assert rows == pytest.approx([128 + 256 * 24 / 36 * math.tan(math.radians(8)),
                                   128 + 256 * 85 / 36 * math.tan(math.radians(8))], abs=0.01)
     assert split_row(row_profile(wide.images)) < split_row(row_profile(long.images))
@@ -78,10 +77,10 @@ def test_no_camera_and_zero_strength_are_plain_text_to_image(manager):
     # A pitch with strength 0 draws exactly diffusers' own initial noise.
     zero = run(Txt2ImgRequest(**SMALL, camera_pitch=20.0, horizon_strength=0.0), manager)
     assert np.array_equal(pixels(plain.images), pixels(explicit.images))
-    assert plain.metadata["styled_prompt"] == "a red lighthouse" and plain.originals == []
+    assert plain.prompt == "a red lighthouse" and plain.originals == []
     # Its prompt gains the camera's words, so compare the noise path with the same words.
     words = run(Txt2ImgRequest(**{**SMALL, "prompt": "a red lighthouse, low-angle shot, looking up"}), manager)
-    assert zero.metadata["styled_prompt"] == words.metadata["styled_prompt"]
+    assert zero.prompt == words.prompt
     assert np.array_equal(pixels(zero.images), pixels(words.images))
 
 
@@ -116,9 +115,9 @@ def test_lens_blur_keeps_the_sharp_image(depth_manager):
     assert np.array_equal(pixels(stopped_down.originals), pixels(plain.images))
     change = [np.abs(pixels(r.images) - pixels(plain.images)).mean() for r in (wide_open, stopped_down)]
     assert change[0] > 1.0 and change[1] < change[0] / 2  # blur ∝ 1/N
-    dof = wide_open.metadata["depth_of_field"]
-    assert dof["depth_model"] == "tiny-depth" and dof["focus_distance_m"] == [0.5]
-    low, high = dof["depth_range_m"][0]
+    dof = wide_open.details.depth_of_field
+    assert dof.depth_model == "tiny-depth" and dof.focus_distance_m == [0.5]
+    low, high = dof.depth_range_m[0]
     assert 0.05 <= low < high <= 20.0
 
 
@@ -141,21 +140,21 @@ def test_lens_blur_follows_a_known_depth(depth_manager, monkeypatch):
     assert radius > 0.5
     assert np.array_equal(blurred[:32], sharp[:32])  # the focus plane is untouched
     assert np.abs(blurred[32 + math.ceil(radius):] - sharp[32 + math.ceil(radius):]).mean() > 1.0
-    assert result.metadata["depth_of_field"]["focus_distance_m"] == [2.0]
+    assert result.details.depth_of_field.focus_distance_m == [2.0]
 
 
 def test_autofocus_on_the_centre(depth_manager):
     result = run(Txt2ImgRequest(**SMALL, aperture_f_number=2.8), depth_manager)
-    (focus,) = result.metadata["depth_of_field"]["focus_distance_m"]
-    low, high = result.metadata["depth_of_field"]["depth_range_m"][0]
+    (focus,) = result.details.depth_of_field.focus_distance_m
+    low, high = result.details.depth_of_field.depth_range_m[0]
     assert low <= focus <= high
 
 
 def test_prompt_only_depth_of_field_needs_no_depth_model(manager):
     manager.depth_model = "depth-anything-v2-metric-outdoor-small"  # not downloadable here
     result = run(Txt2ImgRequest(**SMALL, aperture_f_number=1.8, dof_mode="prompt"), manager)
-    assert "shallow depth of field, bokeh, f/1.8" in result.metadata["styled_prompt"]
-    assert result.originals == [] and "depth_of_field" not in result.metadata
+    assert "shallow depth of field, bokeh, f/1.8" in result.prompt
+    assert result.originals == [] and result.details.depth_of_field is None
 
 
 def test_missing_depth_model_is_a_clear_error(manager, monkeypatch):
@@ -168,16 +167,16 @@ def test_missing_depth_model_is_a_clear_error(manager, monkeypatch):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("camera_pitch", 75.0, r"camera_pitch must be empty or a finite number in \[-60, 60\], got 75.0"),
-    ("camera_pitch", "up", "camera_pitch must be empty or a finite number"),
-    ("focal_length_mm", 0, r"focal_length_mm must be empty or a finite number in \[8, 800\], got 0"),
-    ("aperture_f_number", float("nan"), "aperture_f_number must be empty or a finite number"),
-    ("focus_distance_m", 0.01, r"focus_distance_m must be empty or a finite number in \[0.1, 10000\]"),
-    ("focus_distance_m", 0.15, r"focus_distance_m must be beyond twice the focal length \(100 mm\)"),
-    ("dof_mode", "blur", r"dof_mode must be one of \['lens', 'prompt'\], got 'blur'"),
-    ("horizon_strength", -1, r"horizon_strength must be a finite number in \[0, 2\], got -1"),
+    ("camera_pitch", 75.0, r"Pitch \(camera_pitch\) must be empty or a finite number in \[-60, 60\], got 75.0"),
+    ("camera_pitch", "up", r"Pitch \(camera_pitch\) must be empty or a finite number"),
+    ("focal_length_mm", 0, r"Focal length \(focal_length_mm\) must be empty or a finite number in \[8, 800\], got 0"),
+    ("aperture_f_number", float("nan"), r"Aperture \(aperture_f_number\) must be empty or a finite number"),
+    ("focus_distance_m", 0.01, r"Focus distance \(focus_distance_m\) must be empty or a finite number in \[0.1, 10000\]"),
+    ("focus_distance_m", 0.15, r"Focus distance \(focus_distance_m\) must be beyond twice the focal length \(100 mm\)"),
+    ("dof_mode", "blur", r"Depth of field from \(dof_mode\) must be one of \['lens', 'prompt'\], got 'blur'"),
+    ("horizon_strength", -1, r"Horizon layout strength \(horizon_strength\) must be a finite number in \[0, 2\], got -1"),
 ])
 def test_camera_validation(registry, field, value, message):
-    request = dataclasses.replace(Txt2ImgRequest(**SMALL, focal_length_mm=100), **{field: value})
+    request = Txt2ImgRequest(**SMALL, focal_length_mm=100).replace(**{field: value})
     with pytest.raises(ValueError, match=message):
-        request.validate(registry.get("tiny"))
+        request.validate(registry)

@@ -23,7 +23,7 @@ def pixels(model: str, manager) -> np.ndarray:
 def test_one_step_draft_runs(manager):
     result = run(Txt2ImgRequest(**DRAFT, model="tiny-fast"), manager)
     assert len(result.images) == 1 and result.images[0].size == (64, 64)
-    assert result.metadata["steps_done"] == 1
+    assert result.steps_done == 1
     image = np.asarray(result.images[0], dtype=np.float32)
     assert np.isfinite(image).all() and image.std() > 0
 

@@ -37,7 +37,7 @@ def test_sdxl_base_long_prompt(gpu_manager):
     req = Txt2ImgRequest(prompt=prompt, width=1024, height=1024, num_inference_steps=20, seed=1,
                          model="sdxl-base", scheduler="DPM++ 2M Karras")
     result = run(req, gpu_manager)
-    assert result.metadata["prompt_handling"].startswith("chunked")
+    assert result.details.prompt_encoding.handling.startswith("chunked")
     assert result.images[0].size == (1024, 1024)
 
 
@@ -70,7 +70,8 @@ def test_metric_depth_is_in_metres(gpu_manager):
     # A floor receding to a wall: depth grows from the bottom of the picture to its middle.
     y = np.linspace(0, 1, 384)[:, None, None]
     image = Image.fromarray((np.clip(0.3 + 0.6 * y, 0, 1) * np.ones((384, 512, 3)) * 255).astype(np.uint8))
-    with gpu_manager.use_depth() as (name, estimator):
+    with gpu_manager.lease(None, purpose="depth estimation") as lease:
+        name, estimator = lease.depth_estimator()
         depth = estimate_depth_m(estimator, image)
     assert name == "depth-anything-v2-metric-outdoor-small"
     assert depth.shape == (384, 512) and 0.1 < np.median(depth) < 80

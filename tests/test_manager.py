@@ -4,7 +4,6 @@ families as registry data, availability and the startup fallback. Leases: tests/
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 
@@ -110,26 +109,6 @@ def test_lru_eviction_within_budget(registry, tiny_cache):
     assert m.loaded() == ["tiny", "tiny-b"]  # the least recently used one went
     m.pipeline("tiny-sd15")
     assert [c[0] for c in loader.calls] == ["tiny", "tiny-sd15", "tiny-b", "tiny-sd15"]
-
-
-def test_deprecated_use_is_a_lease(manager):
-    from studio.schedulers import make_scheduler
-
-    with manager.use("tiny") as pipe:
-        original = pipe.scheduler
-        pipe.scheduler = make_scheduler("DDIM", pipe.scheduler.config)
-        entered = threading.Event()
-
-        def other():
-            with manager.use("tiny"):
-                entered.set()
-
-        t = threading.Thread(target=other)
-        t.start()
-        assert not entered.wait(0.3)  # a second request waits while the first holds the pipeline
-    t.join(5)
-    assert entered.is_set()
-    assert manager.pipeline("tiny").scheduler is original
 
 
 @pytest.fixture

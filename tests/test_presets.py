@@ -35,15 +35,37 @@ def preset_dict(**overrides):
 
 # --- round trips -------------------------------------------------------------------------------
 
-def save_with_chunks(tmp_path, request, seed, image=None) -> Path:
+def as_result(request, seed, steps_done=None):
+    """A Result as a run of `request` would return it (for the PNG chunks of its first image)."""
+    from studio.results import Details, PromptDetails, Result
+
+    prompt, negative = request.styled_prompts()
+    done = request.num_inference_steps if steps_done is None else steps_done
+    return Result(request=request, images=[], seeds=[seed], prompt=prompt, negative_prompt=negative,
+                  steps_done=done, total_steps=request.num_inference_steps,
+                  interrupted=done < request.num_inference_steps,
+                  details=Details(family="sdxl", repo_id="builtin:tiny-sdxl", prompt_encoding=PromptDetails(1, 0, "single window")))
+
+
+def save_with_chunks(tmp_path, request, seed, image=None, steps_done=None) -> Path:
     path = tmp_path / "image.png"
-    (image or Image.new("RGB", (request.width, request.height))).save(path, pnginfo=png_info(request, seed, 0, {}))
+    info = png_info(as_result(request, seed, steps_done), 0)
+    (image or Image.new("RGB", (request.width, request.height))).save(path, pnginfo=info)
     return path
 
 
 def test_request_png_request_is_identical(tmp_path):
-    settings, source = read_png_settings(save_with_chunks(tmp_path, REQUEST, REQUEST.seed))
-    assert source == "studio" and Txt2ImgRequest(**settings) == REQUEST
+    task, settings, source = read_png_settings(save_with_chunks(tmp_path, REQUEST, REQUEST.seed))
+    assert (task, source) == ("txt2img", "studio") and Txt2ImgRequest(**settings) == REQUEST
+
+
+def test_a_stopped_image_records_the_steps_it_really_had(tmp_path):
+    path = save_with_chunks(tmp_path, REQUEST, REQUEST.seed, steps_done=2)  # stopped at step 2 of 3
+    with Image.open(path) as im:
+        assert "Steps: 2, " in im.text["parameters"]
+        chunk = json.loads(im.text["studio"])
+    assert chunk["request"]["num_inference_steps"] == 3  # the request as asked, to run it again
+    assert (chunk["steps_done"], chunk["interrupted"]) == (2, True)
 
 
 def test_preset_round_trips(registry, tmp_path):
@@ -51,7 +73,7 @@ def test_preset_round_trips(registry, tmp_path):
     path = P.save_preset(preset, tmp_path)
     assert path == tmp_path / "Fox.json"
     again = P.load_preset(path, registry)
-    assert again == preset and again.to_request() == REQUEST
+    assert again == preset and P.preset_request(again, registry) == REQUEST
     assert P.preset_from_token(P.share_token(preset), registry) == preset
 
 
@@ -61,7 +83,7 @@ def test_camera_section(registry):
                       "dof_mode": "prompt", "horizon_strength": 0.8}
     no_camera = preset_dict()
     del no_camera["camera"]  # presets written before the camera existed: every control off
-    request = P.parse_preset(json.dumps(no_camera), registry).to_request()
+    request = P.preset_request(P.parse_preset(json.dumps(no_camera), registry), registry)
     assert (request.camera_pitch, request.focal_length_mm, request.aperture_f_number) == (None, None, None)
     portrait = P.load_preset(P.SHIPPED_DIR / "Photoreal portrait.json", registry)
     assert (portrait.camera.focal_length_mm, portrait.camera.aperture_f_number, portrait.camera.dof_mode) == (85, 1.8, "lens")
@@ -74,8 +96,8 @@ def test_every_shipped_preset_is_valid(registry):
     for name, path in shipped.items():
         preset = P.load_preset(path, registry)
         assert preset.name == name and preset.description
-        request = preset.to_request("a test prompt")
-        request.validate(registry.get(request.model))
+        request = P.preset_request(preset, registry, "a test prompt")
+        request.validate(registry)
         assert "a test prompt" in request.styled_prompts()[0]
         models.add(preset.model)
     assert {"sdxl-base", "sdxl-turbo"} <= models
@@ -87,7 +109,7 @@ def test_every_shipped_preset_runs_with_the_tiny_model(registry, manager):
     for path in P.list_presets(P.SHIPPED_DIR).values():
         # Same settings on the tiny model (its size limit is 512 px): the preset's own steps,
         # sampler, guidance, style, aspect and batch size must all be accepted and run.
-        request = P.load_preset(path, registry).to_request("a cat")
+        request = P.preset_request(P.load_preset(path, registry), registry, "a cat")
         scale = max(request.width, request.height) / 256
         small = dataclasses.replace(request, model="tiny", width=int(request.width / scale) // 8 * 8,
                                     height=int(request.height / scale) // 8 * 8,
@@ -95,7 +117,7 @@ def test_every_shipped_preset_runs_with_the_tiny_model(registry, manager):
         result = run(small, manager)
         assert len(result.images) == request.batch_size
         assert result.images[0].size == (small.width, small.height)
-        assert result.metadata["styled_prompt"] == request.styled_prompts()[0]
+        assert result.prompt == request.styled_prompts()[0]
 
 
 # --- infotext ----------------------------------------------------------------------------------
@@ -114,9 +136,9 @@ def test_infotext_quotes_like_a1111():
 
 
 def test_infotext_round_trip_for_shared_fields():
-    parsed = parse_infotext(infotext(REQUEST, 1234))
+    task, parsed = parse_infotext(infotext(REQUEST, 1234))
     prompt, negative = REQUEST.styled_prompts()
-    assert parsed == dict(prompt=prompt, negative_prompt=negative, num_inference_steps=3, guidance_scale=4.5,
+    assert task == "txt2img" and parsed == dict(prompt=prompt, negative_prompt=negative, num_inference_steps=3, guidance_scale=4.5,
                           seed=1234, width=96, height=64, scheduler="DPM++ 2M Karras", model="tiny", batch_size=2)
 
 
@@ -136,8 +158,8 @@ def test_sd_parsers_reads_our_parameters(tmp_path):
 
 
 def test_a1111_fixture_is_read(registry):
-    settings, source = read_png_settings(FIXTURES / "a1111.png")
-    assert source == "a1111"
+    task, settings, source = read_png_settings(FIXTURES / "a1111.png")
+    assert (task, source) == ("txt2img", "a1111")
     assert settings == dict(
         prompt="masterpiece, a castle on a hill\nsunset", negative_prompt="lowres, fog",
         num_inference_steps=28, guidance_scale=6.5, seed=3735928559, width=832, height=1216,
@@ -147,8 +169,14 @@ def test_a1111_fixture_is_read(registry):
 
 def test_old_style_a1111_sampler_names():
     text = "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512"
-    assert parse_infotext(text)["scheduler"] == "Euler a"
-    assert "scheduler" not in parse_infotext(text.replace("Euler a", "LMS"))  # unknown: keep ours
+    assert parse_infotext(text)[1]["scheduler"] == "Euler a"
+    assert "scheduler" not in parse_infotext(text.replace("Euler a", "LMS"))[1]  # unknown: keep ours
+
+
+def test_a1111_img2img_infotext_restores_image_to_image():
+    text = "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, Denoising strength: 0.45"
+    task, settings = parse_infotext(text)
+    assert task == "img2img" and settings["strength"] == 0.45 and settings["num_inference_steps"] == 20
 
 
 @pytest.mark.parametrize(
@@ -158,7 +186,7 @@ def test_old_style_a1111_sampler_names():
         ({"parameters": "just a prompt"}, "no settings line"),
         ({"parameters": "a\nSteps: many, Sampler: Euler"}, "malformed value"),
         ({"studio": "{not json"}, "not valid JSON"),
-        ({"studio": json.dumps({"request": {"prompt": "x", "evil": 1}})}, r"unknown request fields: \['evil'\]"),
+        ({"studio": json.dumps({"request": {"prompt": "x", "evil": 1}})}, r"unknown txt2img request fields: \['evil'\]"),
         ({"studio": json.dumps({"version": 9, "request": {}})}, "made by a newer Studio"),
         ({"studio": "[1]"}, "has no 'request' object"),
     ],
@@ -192,18 +220,20 @@ def test_not_a_png(tmp_path):
         (preset_dict(**{"txt2img.batch_size": True}), "txt2img.batch_size: Input should be a valid integer"),
         (preset_dict(**{"txt2img.num_inference_steps": 500}), "less than or equal to 150"),
         (preset_dict(**{"txt2img.width": 100}), "multiple of 8"),
-        (preset_dict(**{"txt2img.scheduler": "Heun"}), "scheduler must be one of"),
+        (preset_dict(**{"txt2img.scheduler": "Heun"}), "txt2img.scheduler: Input should be 'Euler', 'Euler a'"),
         (preset_dict(**{"style.prompt": "no placeholder"}), "must contain the placeholder {prompt}"),
         (preset_dict(model="https://example.com/model.safetensors"), "model: String should match pattern"),
-        (preset_dict(model="sd3"), "preset model must be one of"),
-        (preset_dict(model="sdxl-vae-fp16-fix"), "preset model must be one of"),
-        (preset_dict(model="sdxl-base"), "width must be an integer in [256, 2048], got 96"),  # family limits
+        (preset_dict(model="sd3"), "unknown model 'sd3'; expected one of"),
+        (preset_dict(model="sdxl-vae-fp16-fix"), "Model (model) must be a base model that can do txt2img"),
+        (preset_dict(model="sdxl-base"), "Width (width) must be an integer in [256, 2048], got 96"),  # family limits
+        (preset_dict(task="upscale"), "task must be one of ['txt2img', 'img2img'], got 'upscale'"),
+        (preset_dict(task="img2img"), "txt2img: Extra inputs are not permitted"),  # its sections must match
         (preset_dict(**{"camera.camera_pitch": 90}), "camera.camera_pitch: Input should be less than or equal to 60"),
         (preset_dict(**{"camera.aperture_f_number": "1.8"}), "camera.aperture_f_number: Input should be a valid number"),
         (preset_dict(**{"camera.dof_mode": "blur"}), "camera.dof_mode: Input should be 'lens' or 'prompt'"),
         (preset_dict(**{"camera.zoom": 2}), "camera.zoom: Extra inputs are not permitted"),
         (preset_dict(**{"camera.focus_distance_m": 0.05}), "focus_distance_m: Input should be greater than or equal to 0.1"),
-        (preset_dict(schema_version=2), "needs schema_version 2; this Studio reads up to 1"),
+        (preset_dict(schema_version=3), "needs schema_version 3; this Studio reads up to 2"),
         (preset_dict(schema_version="1"), "schema_version"),
         ([1, 2], "must be a JSON object, got list"),
     ],
@@ -264,22 +294,33 @@ def test_zip_bomb_token_is_refused(registry):
 
 
 def test_preset_to_widgets_to_preset_is_identical(registry):
-    from studio.pipelines.txt2img import REQUEST_FIELDS
-    from studio.ui.presets import _checked, model_defaults
-    from studio.ui.txt2img import make_request, widget_values
+    from studio.fields import specs
+    from studio.ui.widgets import parse, shown
 
     preset = P.preset_from_request(REQUEST, name="Fox", description="", author="")
-    filled = _checked(registry, model_defaults(registry, "sdxl-base"), preset.settings())  # what the UI fills
-    again = P.preset_from_request(make_request(dict(zip(REQUEST_FIELDS, widget_values(filled)))), name="Fox")
-    assert again == preset
+    filled = P.preset_request(preset, registry)  # what the UI fills over the model's defaults
+    declared = specs(Txt2ImgRequest)
+    on_page = {n: shown(spec, getattr(filled, n)) for n, spec in declared.items()}  # as the widgets show it
+    again = Txt2ImgRequest(**{n: parse(declared[n], v) for n, v in on_page.items()})  # as they send it back
+    assert P.preset_from_request(again, name="Fox") == preset
 
 
 def test_a_rejected_preset_changes_nothing(registry):
-    from studio.ui.presets import _checked, model_defaults
+    from studio.fields import defaults
 
-    current = model_defaults(registry, "tiny")
+    current = {**defaults(Txt2ImgRequest), "model": "tiny", "width": 64, "height": 64}
     snapshot = dict(current)
     bad = dict(P.preset_from_request(REQUEST, name="Fox").settings(), model="sdxl-base")  # 96 px < SDXL's 256
-    with pytest.raises(ValueError, match="width must be an integer in"):
-        _checked(registry, current, bad)
+    with pytest.raises(ValueError, match=r"Width \(width\) must be an integer in"):
+        Txt2ImgRequest(**P.merge_settings(Txt2ImgRequest, current, bad, registry)).validate(registry)
     assert current == snapshot
+
+
+def test_an_image_to_image_preset_round_trips(registry):
+    from studio.pipelines.img2img import Img2ImgRequest
+
+    request = Img2ImgRequest(prompt="a fox", strength=0.4, resize_mode="resize and fill", model="tiny", width=96,
+                             height=64, num_inference_steps=5, scheduler="DDIM", seed=3)
+    preset = P.parse_preset(P.preset_json(P.preset_from_request(request, name="Repaint")), registry)
+    assert preset.task == "img2img" and preset.img2img.strength == 0.4
+    assert P.preset_request(preset, registry) == request  # the input image is not a setting: None both

@@ -33,12 +33,12 @@ def test_same_pixels_as_diffusers_directly(manager, scheduler):
         pipe.scheduler = original
     assert result.images[0].size == (64, 64)
     assert np.array_equal(pixels(result.images), pixels(direct))
-    assert result.metadata["prompt_handling"] == "single window"
+    assert result.details.prompt_encoding.handling == "single window"
 
 
 def test_batch_images_use_consecutive_seeds(manager):
     batch = run(Txt2ImgRequest(**{**BASE, "batch_size": 3}, scheduler="Euler"), manager)
-    assert batch.metadata["seeds"] == [1234, 1235, 1236]
+    assert batch.seeds == [1234, 1235, 1236]
     alone = run(Txt2ImgRequest(**{**BASE, "seed": 1235}, scheduler="Euler"), manager)
     assert np.array_equal(pixels(batch.images[1:2]), pixels(alone.images))  # each image can be remade alone
     assert not np.array_equal(pixels(batch.images[0:1]), pixels(batch.images[1:2]))
@@ -46,7 +46,7 @@ def test_batch_images_use_consecutive_seeds(manager):
 
 def test_random_seed_is_reported(manager):
     a = run(Txt2ImgRequest(**{**BASE, "seed": -1}, scheduler="Euler"), manager)
-    assert 0 <= a.seed < 2**32 and a.metadata["seed"] == a.seed
+    assert 0 <= a.seed < 2**32 and a.request.seed == a.seed != -1  # the seed used is what the request records
     again = run(Txt2ImgRequest(**{**BASE, "seed": a.seed}, scheduler="Euler"), manager)
     assert np.array_equal(pixels(a.images), pixels(again.images))
 
@@ -62,9 +62,9 @@ def test_long_prompt_is_not_truncated(manager, model):
     req = dict(BASE, model=model, scheduler="Euler")
     long = run(Txt2ImgRequest(**{**req, "prompt": long_prompt}), manager)
     cut = run(Txt2ImgRequest(**{**req, "prompt": first_77}), manager)
-    assert long.metadata["prompt_tokens"] == len(ids) > 150
-    assert long.metadata["prompt_handling"].startswith("chunked: 3 windows of 75 tokens")
-    assert cut.metadata["prompt_handling"] == "single window"
+    assert long.details.prompt_encoding.tokens == len(ids) > 150
+    assert long.details.prompt_encoding.handling.startswith("chunked: 3 windows of 75 tokens")
+    assert cut.details.prompt_encoding.handling == "single window"
     assert np.abs(pixels(long.images) - pixels(cut.images)).mean() > 0.5
 
 
@@ -95,19 +95,19 @@ def test_stop_after_first_step_returns_early(manager):
 
     stopped = run(Txt2ImgRequest(**{**BASE, "num_inference_steps": 10}, scheduler="Euler"), manager, on_step)
     assert seen == [(1, 10)]
-    assert stopped.metadata["interrupted"] is True and stopped.metadata["steps_done"] == 1
+    assert stopped.interrupted is True and stopped.steps_done == 1
     assert stopped.images[0].size == (64, 64)
     # The pipeline is ready for the next job, which runs all its steps.
     seen.clear()
     full = run(Txt2ImgRequest(**{**BASE, "num_inference_steps": 3}, scheduler="Euler"), manager, lambda e: seen.append(e.step))
-    assert seen == [1, 2, 3] and full.metadata["interrupted"] is False
+    assert seen == [1, 2, 3] and full.interrupted is False
 
 
 def test_bad_request_changes_nothing(manager):
     pipe = manager.pipeline("tiny")
     scheduler = pipe.scheduler
-    with pytest.raises(ValueError, match="width must be a multiple of 8, got 100"):
+    with pytest.raises(ValueError, match=r"Width \(width\) must be a multiple of 8, got 100"):
         run(Txt2ImgRequest(**{**BASE, "width": 100}, scheduler="DDIM"), manager)
-    with pytest.raises(ValueError, match="scheduler must be one of"):
+    with pytest.raises(ValueError, match=r"Sampler \(scheduler\) must be one of"):
         run(Txt2ImgRequest(**BASE, scheduler="nope"), manager)
     assert manager.pipeline("tiny").scheduler is scheduler

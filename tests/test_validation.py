@@ -16,50 +16,50 @@ GOOD = dict(prompt="a cat", width=1024, height=1024, num_inference_steps=30, gui
 
 
 def test_good_request_passes(registry):
-    Txt2ImgRequest(**GOOD).validate(registry.get("sdxl-base"))
+    Txt2ImgRequest(**GOOD).validate(registry)
 
 
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("width", 1000 + 4, "width must be a multiple of 8, got 1004"),
-        ("height", 128, "height must be an integer in [256, 2048], got 128"),
-        ("width", 2056, "width must be an integer in [256, 2048], got 2056"),
-        ("width", 512.5, "width must be an integer in [256, 2048], got 512.5"),
-        ("width", True, "width must be an integer"),
-        ("num_inference_steps", 0, "num_inference_steps must be an integer in [1, 150], got 0"),
-        ("num_inference_steps", 151, "num_inference_steps must be an integer in [1, 150], got 151"),
-        ("num_inference_steps", "20", "num_inference_steps must be an integer in [1, 150], got '20'"),
-        ("guidance_scale", math.nan, "guidance_scale must be a finite number in [0, 30], got nan"),
-        ("guidance_scale", math.inf, "guidance_scale must be a finite number in [0, 30], got inf"),
-        ("guidance_scale", -1.0, "guidance_scale must be a finite number in [0, 30], got -1.0"),
-        ("guidance_scale", "7", "guidance_scale must be a finite number in [0, 30], got '7'"),
-        ("batch_size", 0, "batch_size must be an integer in [1, 8], got 0"),
-        ("batch_size", 9, "batch_size must be an integer in [1, 8], got 9"),
-        ("seed", -2, "seed must be an integer in [0, 4294967295], got -2"),
-        ("seed", 2**32, "seed must be an integer in [0, 4294967295], got 4294967296"),
-        ("scheduler", "Heun++", "scheduler must be one of"),
-        ("prompt", None, "prompt must be a string, got None"),
+        ("width", 1000 + 4, "Width (width) must be a multiple of 8, got 1004"),
+        ("height", 1000 + 4, "Height (height) must be a multiple of 8, got 1004"),
+        ("height", 128, "Height (height) must be an integer in [256, 2048], got 128"),
+        ("width", 2056, "Width (width) must be an integer in [256, 2048], got 2056"),
+        ("width", 512.5, "Width (width) must be an integer in [256, 2048], got 512.5"),
+        ("width", True, "Width (width) must be an integer"),
+        ("num_inference_steps", 0, "Steps (num_inference_steps) must be an integer in [1, 150], got 0"),
+        ("num_inference_steps", 151, "Steps (num_inference_steps) must be an integer in [1, 150], got 151"),
+        ("num_inference_steps", "20", "Steps (num_inference_steps) must be an integer in [1, 150], got '20'"),
+        ("guidance_scale", math.nan, "Guidance scale (guidance_scale) must be a finite number in [0, 30], got nan"),
+        ("guidance_scale", math.inf, "Guidance scale (guidance_scale) must be a finite number in [0, 30], got inf"),
+        ("guidance_scale", -1.0, "Guidance scale (guidance_scale) must be a finite number in [0, 30], got -1.0"),
+        ("guidance_scale", "7", "Guidance scale (guidance_scale) must be a finite number in [0, 30], got '7'"),
+        ("batch_size", 0, "Batch size (batch_size) must be an integer in [1, 8], got 0"),
+        ("batch_size", 9, "Batch size (batch_size) must be an integer in [1, 8], got 9"),
+        ("seed", -2, "Seed (seed) must be an integer in [-1, 4294967295], got -2"),
+        ("seed", 2**32, "Seed (seed) must be an integer in [-1, 4294967295], got 4294967296"),
+        ("scheduler", "Heun++", "Sampler (scheduler) must be one of"),
+        ("prompt", None, "Prompt (prompt) must be a string, got None"),
     ],
 )
 def test_bad_request_names_field_range_and_value(registry, field, value, message):
     with pytest.raises(ValueError) as err:
-        Txt2ImgRequest(**{**GOOD, field: value}).validate(registry.get("sdxl-base"))
+        Txt2ImgRequest(**{**GOOD, field: value}).validate(registry)
     assert message in str(err.value)
 
 
 def test_size_limits_follow_the_model(registry):
-    tiny = registry.get("tiny")
-    Txt2ImgRequest(**{**GOOD, "width": 64, "height": 64, "model": "tiny"}).validate(tiny)
-    with pytest.raises(ValueError, match=r"width must be an integer in \[64, 512\], got 1024"):
-        Txt2ImgRequest(**{**GOOD, "model": "tiny"}).validate(tiny)
+    Txt2ImgRequest(**{**GOOD, "width": 64, "height": 64, "model": "tiny"}).validate(registry)
+    with pytest.raises(ValueError, match=r"Width \(width\) must be an integer in \[64, 512\], got 1024"):
+        Txt2ImgRequest(**{**GOOD, "model": "tiny"}).validate(registry)
 
 
 def test_unknown_and_non_base_models_are_rejected(registry):
     with pytest.raises(ValueError, match="unknown model 'nope'; expected one of"):
         registry.get("nope")
-    with pytest.raises(ValueError, match="model must be a base model, got 'sdxl-vae-fp16-fix'"):
-        Txt2ImgRequest(**GOOD).validate(registry.get("sdxl-vae-fp16-fix"))
+    with pytest.raises(ValueError, match=r"Model \(model\) must be a base model that can do txt2img, one of .*; got 'sdxl-vae-fp16-fix' \(role 'vae'"):
+        Txt2ImgRequest(**{**GOOD, "model": "sdxl-vae-fp16-fix"}).validate(registry)
 
 
 @pytest.mark.parametrize(
