@@ -155,7 +155,8 @@ def _resize_and_fill(image: Image.Image, width: int, height: int) -> Image.Image
 def fit_size(image_size: tuple[int, int], area: int, multiple: int = 8, *, min_side: int,
              max_side: int) -> tuple[int, int]:
     """(width, height) with `image_size`'s aspect and about `area` pixels, each side a multiple
-    of `multiple` in [min_side, max_side] (very long or tall images lose some aspect there)."""
+    of `multiple` in [min_side, max_side]: a small area grows until the short side is min_side, a
+    long side shrinks to max_side (very long or tall images lose some aspect there)."""
     iw, ih = image_size
     if not (iw >= 1 and ih >= 1 and area >= 1):
         raise ValueError(f"image size and area must be positive, got {image_size} and {area}")
@@ -165,9 +166,10 @@ def fit_size(image_size: tuple[int, int], area: int, multiple: int = 8, *, min_s
         raise ValueError(f"no multiple of {multiple} lies in [{min_side}, {max_side}]")
     ratio = iw / ih
     w, h = math.sqrt(area * ratio), math.sqrt(area / ratio)  # w/h = ratio, w·h = area
-    shrink = min(1.0, max_side / max(w, h))  # keep the aspect while the long side is too long
+    grow = max(1.0, min_side / min(w, h))  # keep the aspect while the short side is too short
+    shrink = min(1.0, max_side / (max(w, h) * grow))  # ... and then while the long side is too long
 
     def side(v: float) -> int:
-        return min(hi, max(lo, round(v * shrink / multiple) * multiple))
+        return min(hi, max(lo, round(v * grow * shrink / multiple) * multiple))
 
     return side(w), side(h)

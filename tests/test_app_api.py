@@ -228,3 +228,15 @@ def test_img2img_strength_that_leaves_no_step_is_explained(client, tmp_path):
     Image.new("RGB", (64, 64), "white").save(source)
     with pytest.raises(AppError, match=r"Denoising strength \(strength\) × Steps must leave at least one step"):
         img2img(client, source, strength=0.1, num_inference_steps=4)
+
+
+def test_input_errors_are_not_logged_as_tracebacks(client, app):
+    from gradio_client.exceptions import AppError
+
+    log = app[1].parent / "app.log"
+    before = log.read_text(errors="replace")
+    for bad in (dict(width=100), dict(guidance_scale="abc"), dict(model="no-such-model")):
+        with pytest.raises(AppError):
+            generate(client, **bad)
+    added = log.read_text(errors="replace")[len(before):]
+    assert "Traceback" not in added and "must be" not in added, added[-2000:]

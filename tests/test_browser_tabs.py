@@ -70,8 +70,11 @@ def set_number(page, elem_id: str, value) -> None:
 def generate(page, prefix: str = "", expect_text: str | re.Pattern = re.compile(r"\bDone: ")) -> None:
     from playwright.sync_api import expect
 
+    status = page.locator(f"#{prefix}status .status")  # the message itself, not Gradio's timer beside it
+    before = status.text_content()
     page.locator(f"#{prefix}generate").click()
-    expect(page.locator(f"#{prefix}status")).to_contain_text(expect_text, timeout=GENERATION_TIMEOUT_MS)
+    expect(status).not_to_have_text(before, timeout=GENERATION_TIMEOUT_MS)  # this run's, not the last one's
+    expect(status).to_contain_text(expect_text, timeout=GENERATION_TIMEOUT_MS)
 
 
 def shown_image(page, gallery_id: str) -> Image.Image:
@@ -104,7 +107,7 @@ def test_send_to_image_to_image_and_run_it(studio, page, tmp_path):
     expect(page.locator("#img2img-status")).to_contain_text("2 steps")  # int(4 · 0.5) of the schedule
     result = shown_image(page, "img2img-gallery")
     assert result.size == (96, 64)
-    details = page.locator("#img2img-details").inner_text()
+    details = page.locator("#img2img-details").text_content()
     assert '"task": "img2img"' in details and '"strength": 0.5' in details
     (saved,) = output_pngs(outputs) - before
     with Image.open(saved) as im:
@@ -179,11 +182,12 @@ def test_reuse_seed_style_picker_and_history(studio, page):
     expect(page.locator("#seed input")).to_have_value(seed)
 
     # Change settings, then restore the first image's from the history.
-    style_prompt.fill("oil painting of {prompt}")  # by hand: the picker no longer names a library style
+    style_prompt.fill("")
+    style_prompt.press_sequentially("oil painting of {prompt}")  # typed: the picker no longer names a library style
     expect(page.locator("#style-name input")).not_to_have_value("Watercolor")
     page.locator("#prompt textarea").fill("something else")
     page.locator("#history button.label-wrap, #history").first.click()
-    page.locator("#history-gallery button").first.click()
+    page.locator("#history-gallery img").first.click()
     page.locator("#history-restore").click()
     expect(page.locator("#prompt textarea")).to_have_value("a quiet pond")
     expect(page.locator("#seed input")).to_have_value(seed)

@@ -276,5 +276,9 @@ def test_fit_size_respects_multiple_and_bounds():
     assert fit_size((4000, 100), 1024 * 1024, min_side=256, max_side=2048) == (2048, 256)  # 40:1 clamped
     assert fit_size((100, 4000), 1024 * 1024, min_side=256, max_side=2048) == (256, 2048)
     assert fit_size((3000, 1000), 1024 * 1024, min_side=256, max_side=1024) == (1024, 344)  # long side capped
+    # A model whose usual area is below its minimum side (the tiny test model: 64², at least 64 px)
+    # grows the short side to the minimum and keeps the aspect.
+    assert fit_size((96, 64), 64 * 64, min_side=64, max_side=512) == (96, 64)
+    assert fit_size((300, 100), 64 * 64, min_side=64, max_side=512) == (192, 64)
     with pytest.raises(ValueError, match="must be positive"):
         fit_size((0, 10), 1000, min_side=8, max_side=64)

@@ -172,3 +172,18 @@ def test_stop_flags_are_per_session():
     flags.finish("a", a)
     assert not flags.stop("a")  # no job: nothing to stop
     assert not flags.start("a").is_set()  # a Stop pressed earlier does not stop the next job
+
+
+def test_every_bucket_of_every_model_is_valid_for_it(registry):
+    from studio.ui.tab import bucket_table
+
+    for name in registry.names("base"):
+        entry = registry.get(name)
+        table = bucket_table(entry)
+        assert len(table) == 9, name
+        for ratio, (w, h) in table.items():
+            request = Txt2ImgRequest(prompt="x", model=name, width=w, height=h, num_inference_steps=4,
+                                     scheduler=entry.defaults.scheduler)
+            request.validate(registry)  # raises on a size the model cannot take
+            a, b = (int(v) for v in ratio.split(":"))
+            assert abs(w / h - a / b) / (a / b) < 0.15, (name, ratio, w, h)

@@ -166,11 +166,12 @@ def sampler(ctx: AppContext, task: Task, prefix: str) -> dict[str, Any]:
     with gr.Row():
         steps = widget(declared["num_inference_steps"], d.num_inference_steps, elem_id(prefix, "steps"))
         guidance = widget(declared["guidance_scale"], d.guidance_scale, elem_id(prefix, "guidance"))
-    with gr.Row(equal_height=True):
+    with gr.Row():
         scheduler = widget(declared["scheduler"], d.scheduler, elem_id(prefix, "scheduler"))
-        seed = widget(declared["seed"], initial["seed"], elem_id(prefix, "seed"))
-        reuse = gr.Button("♻️ Last seed", size="sm", elem_id=elem_id(prefix, "reuse-seed"), scale=0, min_width=110)
         batch_size = widget(declared["batch_size"], initial["batch_size"], elem_id(prefix, "batch-size"))
+    with gr.Row(equal_height=True):
+        seed = widget(declared["seed"], initial["seed"], elem_id(prefix, "seed"), scale=3)
+        reuse = gr.Button("♻️ Last seed", size="sm", elem_id=elem_id(prefix, "reuse-seed"), scale=1, min_width=110)
     return dict(num_inference_steps=steps, guidance_scale=guidance, scheduler=scheduler, seed=seed,
                 batch_size=batch_size, reuse=reuse)
 
