@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -240,3 +241,14 @@ def test_input_errors_are_not_logged_as_tracebacks(client, app):
             generate(client, **bad)
     added = log.read_text(errors="replace")[len(before):]
     assert "Traceback" not in added and "must be" not in added, added[-2000:]
+
+
+def test_the_page_is_styled_and_has_its_icon_offline(app):
+    import urllib.request
+
+    url = app[0]
+    config = json.loads(urllib.request.urlopen(url + "config", timeout=10).read())
+    assert ".status-line .status.error" in config["css"]  # assets/studio.css, from this machine
+    with urllib.request.urlopen(url + "favicon.ico", timeout=10) as icon:
+        assert icon.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(icon.read())).size == (64, 64)  # assets/icon.png

@@ -113,6 +113,15 @@ def test_send_to_image_to_image_and_run_it(studio, page, tmp_path):
     with Image.open(saved) as im:
         chunk = json.loads(im.text["studio"])
     assert chunk["task"] == "img2img" and chunk["request"]["prompt"] == "the same lighthouse at night"
+
+    # Its PNG restores its settings in the tab that made it, from wherever the user is.
+    page.get_by_role("tab", name="Text to image").click()
+    page.locator("#preset-tools").first.click()
+    page.locator("#png-settings input[type=file]").set_input_files(str(saved))
+    expect(page.locator("#preset-status")).to_contain_text("Loaded the settings of an image made by Studio")
+    expect(page.get_by_role("tab", name="Image to image")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#img2img-prompt textarea")).to_have_value("the same lighthouse at night")
+    expect(page.locator("#img2img-strength input[type=number]")).to_have_value("0.5")
     assert page.page_errors == []
 
 
@@ -140,6 +149,12 @@ def test_every_aspect_bucket_of_every_model_generates(studio, page):
             expect(page.locator("#details")).to_contain_text(f'"width": {w}')
             assert "Error" not in page.locator("#status").inner_text(), (name, option)
             assert shown_image(page, "gallery").size == (w, h), (name, option)
+    # A size typed by hand is no bucket: the aspect says Custom (and a bucket size shows its bucket).
+    set_number(page, "width", 72)
+    expect(page.locator("#aspect input")).to_have_value("Custom")
+    set_number(page, "width", 64)
+    set_number(page, "height", 64)
+    expect(page.locator("#aspect input")).to_have_value("1:1 · 64×64")
     assert page.page_errors == []
 
 
@@ -210,6 +225,10 @@ def test_models_that_cannot_load_are_marked_and_presets_keep_the_model(studio, p
     expect(status).to_contain_text("needs model 'sdxl-turbo', which is not available now")
     expect(page.locator("#model input")).to_have_value(re.compile(r"^Tiny test model"))
     expect(page.locator("#steps input[type=number]")).to_have_value("1")  # the rest of the preset applies
+    expect(page.locator("#preset-picker input")).to_have_value("Fast draft")
     width = int(page.locator("#width input[type=number]").input_value())
     assert 64 <= width <= 512
     generate(page)
+    # Edited by hand, the settings are no longer the preset's: the picker lets go of its name.
+    set_number(page, "steps", 3)
+    expect(page.locator("#preset-picker input")).to_have_value("")

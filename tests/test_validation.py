@@ -187,3 +187,14 @@ def test_every_bucket_of_every_model_is_valid_for_it(registry):
             request.validate(registry)  # raises on a size the model cannot take
             a, b = (int(v) for v in ratio.split(":"))
             assert abs(w / h - a / b) / (a / b) < 0.15, (name, ratio, w, h)
+
+
+def test_a_model_change_bounds_the_size_sliders_by_its_range(registry):
+    from studio.ui.tab import on_model_defaults
+
+    aspect, width, height, steps, guidance, scheduler = on_model_defaults(registry, "sdxl-base")
+    assert (width["minimum"], width["maximum"], width["value"]) == (256, 2048, 1024)
+    assert (height["minimum"], height["maximum"]) == (256, 2048)
+    assert (steps, scheduler) == (30, "DPM++ 2M Karras") and aspect["value"] == "1:1"
+    _, width, _, _, _, _ = on_model_defaults(registry, "tiny")
+    assert (width["minimum"], width["maximum"], width["value"]) == (64, 512, 64)

@@ -26,6 +26,11 @@ def session_of(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "api"
 
 
+def job_key(request: gr.Request | None, task: Any) -> str:
+    """Whose job a Stop ends: this page's job in this tab only."""
+    return f"{session_of(request)}/{task.name}"
+
+
 def gallery_items(paths: list, result: Any) -> list:
     """Saved images for the gallery; after a lens blur, the blurred ones first, then the sharp."""
     if not result.originals:
@@ -49,7 +54,7 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
 
     def on_page(data: dict, request: gr.Request):
         # One dict of inputs (not *values): Gradio injects `request` only into named parameters.
-        session = session_of(request)
+        session = job_key(request, task)
         try:
             job = prepare({name: data[w] for name, w in tab.fields.items()})
         except INPUT_ERRORS as exc:
@@ -79,7 +84,7 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
                history)
 
     def on_api(values: dict[str, Any], progress: gr.Progress, request: gr.Request):
-        session = session_of(request)
+        session = job_key(request, task)
         try:
             job = prepare(values)
         except INPUT_ERRORS as exc:
@@ -114,6 +119,6 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
                      api_name=task.name, show_progress="hidden", **gpu)
 
     def stop_job(request: gr.Request) -> None:
-        ctx.stops.stop(session_of(request))
+        ctx.stops.stop(job_key(request, task))
 
     stop.click(stop_job, inputs=None, outputs=None, queue=False, api_visibility="private")
