@@ -16,6 +16,10 @@ class StepEvent:
     message: str | None = None  # set while the job waits: who holds the GPU, our place in line
 
 
+class Stopped(Exception):
+    """The job was stopped before it began: asked to stop while it waited for the GPU."""
+
+
 # Called after every denoising step (and about once a second while waiting for the GPU);
 # returning True stops the run at that step (the images made so far are still returned, marked
 # as interrupted). Progress, previews, waiting messages and Stop all use it.

@@ -58,3 +58,29 @@ def test_a_page_that_goes_away_stops_the_job(manager):
     assert flag.is_set()
     with manager.lease("tiny") as lease:  # the job ended and gave the GPU back
         assert lease.pipe is not None
+
+
+def test_stop_while_waiting_gives_up_the_place_in_line(manager):
+    from studio.results import Stopped
+
+    training = manager.lease(None, exclusive=True, purpose="a training run")
+    flag, outcome = threading.Event(), {}
+
+    def follow():
+        try:
+            for kind, _ in stream_job(txt2img.run, REQUEST, manager, flag, every_s=0):
+                if kind == "wait":
+                    flag.set()  # the user presses Stop while the job waits
+        except Stopped as exc:
+            outcome["stopped"] = str(exc)
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    thread.join(30)
+    try:
+        assert outcome == {"stopped": "Stopped while waiting for the GPU; nothing was made."}
+    finally:
+        training.release()
+    assert manager.loaded() == []  # the stopped job loaded nothing
+    with manager.lease("tiny") as lease:  # and nobody is left in line ahead of the next job
+        assert lease.held

@@ -6,7 +6,7 @@ import secrets
 from typing import Any
 
 from studio.groups import MAX_SEED
-from studio.results import PromptDetails, StepCallback, StepEvent
+from studio.results import PromptDetails, StepCallback, StepEvent, Stopped
 
 
 def resolve_seed(seed: int) -> int:
@@ -53,10 +53,16 @@ def step_callback(on_step: StepCallback | None, total: int, state: dict, schedul
 
 
 def waiting(on_step: StepCallback | None, total: int):
-    """The lease's on_wait: waiting messages go through the step callback as step-0 events."""
+    """The lease's on_wait: waiting messages go through the step callback as step-0 events, and
+    a Stop while waiting gives up the place in line (raising Stopped: nothing was made)."""
     if on_step is None:
         return None
-    return lambda message: on_step(StepEvent(step=0, total=total, message=message))
+
+    def on_wait(message: str) -> None:
+        if on_step(StepEvent(step=0, total=total, message=message)):
+            raise Stopped("Stopped while waiting for the GPU; nothing was made.")
+
+    return on_wait
 
 
 def prompt_inputs(pipe: Any, prompt: str, negative_prompt: str) -> tuple[dict, PromptDetails]:

@@ -15,11 +15,13 @@ import gradio as gr
 
 from studio.models.manager import ModelUnavailable
 from studio.outputs import save_result_images
+from studio.results import Stopped
 from studio.ui.jobs import GPU, stream_job
 from studio.ui.tab import AppContext, Tab, status_html
 from studio.ui.widgets import api_function
 
 INPUT_ERRORS = (ValueError, ModelUnavailable)  # the user's to fix: a message, not a traceback
+# ... and a Stop pressed while the job still waited for the GPU (it made nothing): said as plainly.
 
 
 def session_of(request: gr.Request | None) -> str:
@@ -75,6 +77,9 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
         except INPUT_ERRORS as exc:
             yield skip, skip, skip, status_html(str(exc), "error"), skip
             return
+        except Stopped as exc:
+            yield skip, skip, skip, status_html(str(exc), "stopped"), skip
+            return
         finally:
             ctx.stops.finish(session, flag)
         paths = save_result_images(result, ctx.outputs_dir)
@@ -100,7 +105,7 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
 
         try:
             result = task.run(job, manager, on_step)
-        except INPUT_ERRORS as exc:
+        except (*INPUT_ERRORS, Stopped) as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         finally:
             ctx.stops.finish(session, flag)
