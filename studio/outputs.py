@@ -26,6 +26,7 @@ def save_png(image: Any, folder: Path, name: str, info: PngImagePlugin.PngInfo |
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private (0600); an image is as readable as any file here
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=info)
             f.flush()

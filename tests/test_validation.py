@@ -161,6 +161,7 @@ def test_png_is_written_atomically_with_metadata(tmp_path):
     assert path.parent == tmp_path and [p.name for p in tmp_path.iterdir()] == [name]  # no temp left
     with Image.open(path) as img:
         assert img.format == "PNG" and json.loads(img.text["studio"])["prompt"] == "../../etc/passwd"
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by a web server serving the outputs, not private
 
 
 def test_stop_flags_are_per_session():

@@ -88,7 +88,7 @@ def apply_depth_of_field(images: list, estimator: Any, request: Any) -> tuple[li
     out, focus, ranges = [], [], []
     for image in images:
         depth = estimate_depth_m(estimator, image)  # (H, W) metres
-        s1 = request.focus_distance_m or autofocus_m(depth)
+        s1 = autofocus_m(depth) if request.focus_distance_m is None else request.focus_distance_m
         s1 = max(s1, 2 * request.focal_length / 1000)  # a lens cannot focus closer
         rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
         blurred = thin_lens_blur(rgb, depth, s1, request.focal_length, request.aperture_f_number)
