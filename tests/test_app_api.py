@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from test_images import png_header_claiming
+
 ARGS = dict(prompt="a lighthouse", negative_prompt="", width=64, height=64, num_inference_steps=2,
             guidance_scale=5.0, seed=7, batch_size=1, scheduler="Euler")
 
@@ -203,12 +205,22 @@ def test_img2img_keywords_and_result(client, tmp_path):
     assert "Denoising strength: 0.5" in images[0].text["parameters"]
 
 
+def truncated_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(buffer, "PNG")
+    return buffer.getvalue()[: len(buffer.getvalue()) // 2]
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
         (b"just some text, not an image", "not an image Studio can read"),
         (b"", "empty"),
+        (png_header_claiming(100_000, 100_000), "decompression bomb"),
+        (png_header_claiming(9000, 9000), "the image is 9000×9000 = 81 megapixels; Studio accepts at most 67"),
+        (truncated_png(), "truncated or damaged"),
     ],
+    ids=["text", "empty", "bomb", "too-large", "truncated"],
 )
 def test_img2img_refuses_files_that_are_not_images(client, app, tmp_path, content, message):
     from gradio_client.exceptions import AppError
