@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from studio.fields import Request, field
+from studio.fields import Request, defaults, field
 from studio.images import RESIZE_MODES
 from studio.schedulers import SCHEDULERS
 
@@ -73,7 +73,8 @@ class Style(Request):
                              f"got {self.style_prompt!r}")
 
     def styled_prompts(self) -> tuple[str, str]:
-        """The prompt and negative prompt the model sees once the style is applied."""
+        """The prompt and negative prompt the model sees once the style is applied: {prompt}
+        replaced by the user's, the style's negative prompt and the user's joined (style first)."""
         prompt = self.style_prompt.replace("{prompt}", self.prompt)
         negative = ", ".join(p for p in (self.style_negative_prompt, self.negative_prompt) if p)
         return prompt, negative
@@ -98,7 +99,7 @@ class MicroConditioning(Request):
                                             help="0: off. Larger powers let the metadata act later in sampling.")
 
     def check(self, registry: Any, entry: Any) -> None:
-        changed = [n for n, default in MICRO_DEFAULTS.items() if getattr(self, n) != default]
+        changed = [n for n, default in defaults(MicroConditioning).items() if getattr(self, n) != default]
         if changed and not registry.family(entry.family).micro_conditioning:
             raise ValueError(f"{', '.join(changed)} need an SDXL-family model, got {entry.name!r} ({entry.family})")
 
@@ -113,11 +114,6 @@ class MicroConditioning(Request):
                             self.negative_crops_coords_top_left or self.crops_coords_top_left,
                             self.negative_target_size or self.target_size or size)
         return neutral, requested, neutral, negative
-
-
-MICRO_DEFAULTS = {"original_size": None, "crops_coords_top_left": (0, 0), "target_size": None,
-                  "negative_original_size": None, "negative_crops_coords_top_left": None,
-                  "negative_target_size": None, "micro_conditioning_power": 0.0}
 
 
 @dataclass(frozen=True, kw_only=True)

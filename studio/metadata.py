@@ -111,14 +111,14 @@ def parse_infotext(text: str) -> tuple[str, dict[str, Any]]:
     found = {k for k in params if k in known}
     name = next((t for t in TASKS if found <= set(_infotext_keys(t))), "txt2img")
     out: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
+    declared = specs(task(name).request)
     for key, names in _infotext_keys(name).items():
         if key in params:
-            out.update(_parse_value(key, names, params))
+            out.update(_parse_value(key, names, params, declared))
     return name, out
 
 
-def _parse_value(key: str, names: list[str], params: dict[str, str]) -> dict[str, Any]:
-    kinds = specs_by_name()
+def _parse_value(key: str, names: list[str], params: dict[str, str], declared: dict[str, Any]) -> dict[str, Any]:
     value = params[key]
     if names == ["scheduler"]:  # A1111's sampler + schedule type; skipped when Studio has none
         scheduler = _scheduler_from_a1111(value, params.get("Schedule type", ""))
@@ -129,16 +129,9 @@ def _parse_value(key: str, names: list[str], params: dict[str, str]) -> dict[str
     out = {}
     for name, part in zip(names, parts):
         try:
-            out[name] = {"int": int, "float": float}.get(kinds[name].kind, str)(part)
+            out[name] = {"int": int, "float": float}.get(declared[name].kind, str)(part)
         except ValueError:
             raise ValueError(f"parameters text has a malformed value: {key}: {value!r}") from None
-    return out
-
-
-def specs_by_name() -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for t in TASKS.values():
-        out.update(specs(t.request))
     return out
 
 

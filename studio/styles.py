@@ -3,7 +3,8 @@
 A style is a prompt template holding `{prompt}` exactly once, where the user's prompt goes, and a
 negative prompt added before the user's. The library is data (presets/styles.json), validated as
 strictly as presets: unknown keys, wrong types, bad names or placeholders and duplicate names are
-errors that name the problem.
+errors that name the problem. Picking a style fills a request's style fields; the request's Style
+group (studio/groups.py) applies them.
 """
 
 from __future__ import annotations
@@ -71,10 +72,3 @@ def load_styles(path: Path = DEFAULT_STYLES) -> dict[str, Style]:
         styles[style.name] = style
     return styles
 
-
-def apply_style(style: Style, prompt: str, negative_prompt: str) -> tuple[str, str]:
-    """(prompt, negative prompt) with `style` applied: {prompt} replaced by the user's prompt, and
-    the style's negative prompt and the user's joined with ", " (style first, empty ones skipped)."""
-    styled = style.prompt.replace(PLACEHOLDER, prompt)
-    negative = ", ".join(p for p in (style.negative_prompt, negative_prompt) if p)
-    return styled, negative

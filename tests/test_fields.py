@@ -89,3 +89,22 @@ def test_a_sized_field_takes_the_models_range(value, message):
     with pytest.raises(ValueError, match=message):
         check_value("x", spec, value, size_range=(64, 512))
     check_value("x", spec, 512, size_range=(64, 512))
+
+
+def test_restored_settings_bound_the_size_sliders_by_their_model(manager, tmp_path):
+    """A preset or PNG may switch the model: its sizes come with that model's slider range."""
+    import gradio as gr
+
+    from studio.styles import load_styles
+    from studio.ui.jobs import StopFlags
+    from studio.ui.tab import AppContext
+    from studio.ui.txt2img import build_tab
+
+    with gr.Blocks():
+        ctx = AppContext(manager, "tiny", tmp_path, StopFlags(), gr.State([]), load_styles())
+        tab = build_tab(ctx)
+    sdxl = Txt2ImgRequest(prompt="x", model="sdxl-base", width=1344, height=768)
+    updates = dict(zip(tab.fields, tab.fill(sdxl, manager.registry)))
+    assert (updates["width"]["value"], updates["width"]["minimum"], updates["width"]["maximum"]) == (1344, 256, 2048)
+    assert (updates["height"]["minimum"], updates["height"]["maximum"]) == (256, 2048)
+    assert updates["num_inference_steps"] == 30  # other fields are plain values

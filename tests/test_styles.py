@@ -1,4 +1,5 @@
-"""The styles library: the shipped file, strict validation of bad files, and applying a style."""
+"""The styles library: the shipped file, strict validation of bad files, and applying a style
+(through the request, which is where a style takes effect)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import json
 
 import pytest
 
-from studio.styles import DEFAULT_STYLES, Style, apply_style, load_styles
+from studio.pipelines.txt2img import Txt2ImgRequest
+from studio.styles import DEFAULT_STYLES, Style, load_styles
+
+
+def apply_style(style: Style, prompt: str, negative_prompt: str) -> tuple[str, str]:
+    """What the model sees when the page's style boxes hold `style` (the request applies it)."""
+    request = Txt2ImgRequest(prompt=prompt, negative_prompt=negative_prompt, style_prompt=style.prompt,
+                             style_negative_prompt=style.negative_prompt, style_name=style.name)
+    return request.styled_prompts()
 
 
 def test_shipped_styles_load_with_none_first_as_the_identity():

@@ -120,8 +120,9 @@ def build_presets_panel(demo: gr.Blocks, filler: Filler, store: PresetStore, act
 def build_history(filler: Filler, history: gr.State) -> None:
     """This session's images, newest first; pick one and restore the settings that made it."""
     with gr.Accordion("History (this session)", open=False, elem_id="history"):
-        gallery = gr.Gallery(label="Your images this session", columns=6, height="auto", object_fit="contain",
-                             allow_preview=False, elem_id="history-gallery")
+        # Six fixed columns of thumbnails (fitted columns would blow one image up and crop it).
+        gallery = gr.Gallery(label="Your images this session", columns=6, fit_columns=False, object_fit="contain",
+                             allow_preview=False, interactive=False, elem_id="history-gallery")
         chosen = gr.State(None)
         restore = gr.Button("Restore settings of the selected image", elem_id="history-restore")
         status = gr.Markdown(elem_id="history-status")

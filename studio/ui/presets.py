@@ -101,7 +101,7 @@ class Filler:
             raise gr.Error(f"{message.split(':')[0]} not applied: {exc}", print_exception=False) from exc
         updates: list = []
         for name, tab in self.tabs.items():
-            updates += tab.fill(request) if name == task_name else [gr.update()] * len(tab.outputs)
+            updates += tab.fill(request, self.registry) if name == task_name else [gr.update()] * len(tab.outputs)
         text = " ".join([message, *(f"Note: {n}." for n in notes)])
         return [*updates, gr.Tabs(selected=task_name), task_name, text]
 

@@ -62,12 +62,18 @@ class Tab:
                 parsed[name] = open_image(upload_path(parsed[name]))
         return self.task.request(**parsed)
 
-    def fill(self, request: Any) -> list:
-        """Values for `outputs` that show `request` (an input image is left as it is)."""
-        declared = specs(self.task.request)
-        values = [gr.update() if declared[n].kind == "image" else shown(declared[n], getattr(request, n))
-                  for n in self.fields]
-        return values + self.fill_extras(request)
+    def fill(self, request: Any, registry: Any) -> list:
+        """Updates for `outputs` that show `request`: size sliders bounded by its model's range
+        (which may not be the model shown now); an input image is left as it is."""
+        declared, (lo, hi) = specs(self.task.request), registry.get(request.model).size_range
+
+        def update(name: str, spec: Any) -> Any:
+            if spec.kind == "image":
+                return gr.update()
+            value = shown(spec, getattr(request, name))
+            return gr.update(value=value, minimum=lo, maximum=hi) if spec.sized else value
+
+        return [update(n, declared[n]) for n in self.fields] + self.fill_extras(request)
 
 
 def upload_path(value: Any) -> str:

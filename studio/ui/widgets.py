@@ -18,7 +18,8 @@ from studio.fields import Spec, specs
 
 
 def elem_id(prefix: str, name: str) -> str:
-    return f"{prefix}{name.replace('_', '-')}"
+    """A widget's element id in a tab: "steps" in text-to-image, "img2img-steps" in image-to-image."""
+    return f"{prefix}{name}"
 
 
 def widget(spec: Spec, value: Any, elem: str, **overrides: Any) -> gr.components.Component:
