@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--depth-model must be one of {', '.join(depth_names)}; got {args.depth_model!r}")
     manager = ModelManager(registry, cache_dir=args.cache_dir)
     model, notice = manager.resolve_startup_model(args.model or registry.default)
-    # A random test model pairs with the random depth model, so the app runs fully offline.
-    manager.depth_model = args.depth_model or ("tiny-depth" if registry.get(model).builtin else None)
+    # A random test model pairs with the random depth model and line detector, so the app runs fully offline.
+    builtin = registry.get(model).builtin is not None
+    manager.depth_model = args.depth_model or ("tiny-depth" if builtin else None)
+    manager.annotator_models = {"lineart": "tiny-lineart"} if builtin else None
     outputs = args.outputs.resolve()
     demo = build_app(manager, default_model=model, outputs_dir=outputs, user_presets=args.user_presets.resolve(),
                      notice=notice)

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-Kind = Literal["int", "float", "text", "choice", "pair", "image"]
+Kind = Literal["int", "float", "bool", "text", "choice", "pair", "image"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def section_of(request_type: type, name: str) -> str:
     """The preset section a field belongs to: its group's SECTION, or the task's own section."""
     for cls in request_type.__mro__:
         if name in cls.__dict__.get("__annotations__", {}):
-            section = getattr(cls, "SECTION", None)
+            section = cls.__dict__.get("SECTION")  # the class's own: a request's fields are the task's
             return request_type.TASK if section is None else section
     raise KeyError(name)
 
@@ -86,6 +86,9 @@ def check_value(name: str, spec: Spec, value: Any, size_range: tuple[int, int] |
         if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
                 or not lo <= value <= hi):
             raise ValueError(f"{what} must be {empty}a finite number in [{_fmt(lo)}, {_fmt(hi)}], got {value!r}")
+    elif spec.kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{what} must be true or false, got {value!r}")
     elif spec.kind == "text":
         if not isinstance(value, str):
             raise ValueError(f"{what} must be a string, got {value!r}")
@@ -107,6 +110,13 @@ class Request:
     """Base of every task's request. Subclasses set TASK and compose field groups."""
 
     TASK: ClassVar[str] = ""
+    # What the model must be able to do, as the registry's families say it ("txt2img", "img2img",
+    # "inpaint"); a task that is a variant of one of those (ControlNet, outpainting) names it.
+    NEEDS: ClassVar[str] = ""
+
+    @classmethod
+    def needs(cls) -> str:
+        return cls.NEEDS or cls.TASK
 
     def __post_init__(self):
         for name, spec in specs(type(self)).items():  # JSON brings pairs back as lists
@@ -122,9 +132,9 @@ class Request:
         if not isinstance(getattr(self, "model", None), str):
             raise ValueError(f"Model (model) must be a registry name, got {getattr(self, 'model', None)!r}")
         entry = registry.get(self.model)
-        if self.TASK not in registry.tasks(entry):  # first: every other range depends on the model
-            raise ValueError(f"Model (model) must be a base model that can do {self.TASK}, one of "
-                             f"{registry.names('base', task=self.TASK)}; got {entry.name!r} (role {entry.role!r}, "
+        if self.needs() not in registry.tasks(entry):  # first: every other range depends on the model
+            raise ValueError(f"Model (model) must be a base model that can do {self.needs()}, one of "
+                             f"{registry.names('base', task=self.needs())}; got {entry.name!r} (role {entry.role!r}, "
                              f"family {entry.family!r})")
         for name, spec in specs(type(self)).items():
             if inputs or spec.record:

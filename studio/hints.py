@@ -13,14 +13,14 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from studio.groups import CONTROL_TYPES  # noqa: F401  (declared with the control unit's fields)
 from studio.images import resize_image
 
-CONTROL_TYPES = ("depth", "canny", "lineart", "none")
 CONTROL_TYPE_HELP = {
     "depth": "Near is bright, far is dark: keeps the scene's layout in depth (or the camera's ground plane).",
     "canny": "White Canny edges on black: keeps outlines and fine detail exactly where they are.",
     "lineart": "White drawn lines on black: keeps the contours of a drawing or of a photo's subjects.",
-    "none": "No control: the prompt alone decides the layout.",
+    "none": "No preprocessing: the image given is the hint itself (your own depth map or sketch).",
 }
 # A1111's ControlNet extension exposes both Canny thresholds as 1..255 sliders (defaults 100, 200).
 CANNY_THRESHOLD_RANGE = (1, 255)

@@ -58,6 +58,15 @@ def _too_large(width: int, height: int, max_pixels: int) -> str:
             f"Studio accepts at most {_megapixels(max_pixels)}")
 
 
+def open_mask(source: str | Path | bytes, max_pixels: int = MAX_INPUT_PIXELS) -> Image.Image:
+    """Like open_image, but the mode is kept (RGBA, LA, L, ...): a mask's transparency says where
+    it was painted (studio/masks.mask_from_upload), so it must not be composited over white."""
+    if isinstance(source, (bytes, bytearray)):
+        return _decode(io.BytesIO(source), max_pixels, convert=False)
+    with open(source, "rb") as file:
+        return _decode(file, max_pixels, convert=False)
+
+
 def open_image(source: str | Path | bytes, max_pixels: int = MAX_INPUT_PIXELS) -> Image.Image:
     """A fully loaded, upright RGB image from a path or the file's bytes (first frame if animated).
 
@@ -72,7 +81,7 @@ def open_image(source: str | Path | bytes, max_pixels: int = MAX_INPUT_PIXELS) -
         return _decode(file, max_pixels)
 
 
-def _decode(file: IO[bytes], max_pixels: int) -> Image.Image:
+def _decode(file: IO[bytes], max_pixels: int, convert: bool = True) -> Image.Image:
     """open_image on an open binary file; the result no longer refers to the file."""
     if not file.read(1):
         raise ValueError("the image file is empty")
@@ -96,6 +105,8 @@ def _decode(file: IO[bytes], max_pixels: int) -> Image.Image:
         upright = ImageOps.exif_transpose(image)  # a copy, detached from the file
     except DECODE_ERRORS as e:
         raise ValueError(f"the image file is truncated or damaged ({e})") from None
+    if not convert and (upright.mode in ALPHA_MODES or "transparency" in upright.info):
+        return upright.convert("RGBA")
     return to_rgb(upright)
 
 

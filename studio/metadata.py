@@ -33,6 +33,9 @@ MAX_CHUNK_CHARS = 1_000_000  # refuse absurd metadata instead of parsing it
 A1111_ORDER = ["Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model", "Denoising strength",
                "Batch size"]
 
+# Keys A1111 writes only for one kind of job: they decide the task
+TELLTALE = {"ControlNet 0": "controlnet", "Mask blur": "inpaint"}
+
 # "key: value" items; a value is a JSON string or runs to the next comma (A1111's re_param).
 _PARAM = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 
@@ -58,6 +61,8 @@ def infotext_params(request: Any, seed: int, steps_done: int | None = None) -> d
             params[spec.infotext] = f"{params[spec.infotext]}x{value}"
         else:
             params[spec.infotext] = value
+    extras = getattr(request, "infotext_extras", None)  # e.g. the ControlNet extension's unit lines
+    params.update(extras() if extras else {})
     ordered = sorted(params, key=lambda k: A1111_ORDER.index(k) if k in A1111_ORDER else len(A1111_ORDER))
     return {**{k: params[k] for k in ordered}, "Generator": "Studio"}
 
@@ -109,8 +114,11 @@ def parse_infotext(text: str) -> tuple[str, dict[str, Any]]:
         params.pop("Denoising strength", None)  # A1111's hires fix: a text-to-image setting Studio lacks
     known = set().union(*(_infotext_keys(t) for t in TASKS))
     found = {k for k in params if k in known}
-    name = next((t for t in TASKS if found <= set(_infotext_keys(t))), "txt2img")
+    telltale = [t for key, t in TELLTALE.items() if key in params and t in TASKS]
+    name = telltale[0] if telltale else next((t for t in TASKS if found <= set(_infotext_keys(t))), "txt2img")
     out: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
+    extras = getattr(task(name).request, "parse_infotext_extras", None)
+    out.update(extras(params) if extras else {})
     declared = specs(task(name).request)
     for key, names in _infotext_keys(name).items():
         if key in params:

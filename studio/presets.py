@@ -65,6 +65,8 @@ def _annotation(spec: Spec) -> Any:
         base = Annotated[int, Field(ge=spec.lo, le=spec.hi, multiple_of=spec.multiple_of)]
     elif spec.kind == "float":
         base = Annotated[float, Field(ge=spec.lo, le=spec.hi)]
+    elif spec.kind == "bool":
+        base = bool
     elif spec.kind == "choice":
         base = Literal[spec.choices]
     elif spec.kind == "pair":

@@ -37,6 +37,7 @@ class PromptDetails:
 class HorizonDetails:
     horizon_row: float  # image row of the level horizon (may lie outside the image)
     focal_length_px: float
+    controlnet: str | None = None  # the depth ControlNet holding the horizon ("Camera → horizon control")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,31 @@ class InputImageDetails:
 
 
 @dataclass(frozen=True)
+class ControlUnitDetails:
+    unit: int  # 0, 1: A1111's "ControlNet 0", "ControlNet 1"
+    control_type: str  # the preprocessor
+    controlnet: str  # registry name
+    repo_id: str
+    control_mode: int | None  # a Union model's mode; None for a single-condition ControlNet
+    weight: float
+    guidance_start: float
+    guidance_end: float
+    resize_mode: str
+    hint_given: bool  # a ready-made hint was used as it is
+    hint_size: list[int]  # [width, height] the ControlNet saw
+
+
+@dataclass(frozen=True)
+class InpaintDetails:
+    mode: str  # "inpaint", "image-to-image (the mask covers everything)" or "outpaint"
+    inpaint_model: str  # the base model's inpaint pipeline, a checkpoint or a Union repaint ControlNet
+    window: list[int]  # [left, top, right, bottom] of the repainted area in the output
+    working_size: list[int]  # [width, height] the model ran at
+    mask_coverage: float  # fraction of the output's pixels masked
+    output_size: list[int]  # [width, height]
+
+
+@dataclass(frozen=True)
 class Details:
     """What a run records besides its request (typed: each part exists only where it applies)."""
 
@@ -63,6 +89,8 @@ class Details:
     camera: HorizonDetails | None = None
     depth_of_field: DepthOfFieldDetails | None = None
     input_image: InputImageDetails | None = None
+    control: list[ControlUnitDetails] | None = None
+    inpaint: InpaintDetails | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -80,6 +108,7 @@ class Result:
     interrupted: bool
     details: Details
     originals: list[Any] = field(default_factory=list)  # the images before a post-effect (lens blur)
+    hints: list[Any] = field(default_factory=list)  # ControlNet hints, saved beside the images when asked
 
     @property
     def seed(self) -> int:

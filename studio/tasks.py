@@ -11,7 +11,10 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from studio.pipelines.controlnet import ControlNetRequest
 from studio.pipelines.img2img import Img2ImgRequest
+from studio.pipelines.inpaint import InpaintRequest
+from studio.pipelines.outpaint import OutpaintRequest
 from studio.pipelines.txt2img import Txt2ImgRequest
 
 
@@ -30,6 +33,9 @@ class Task:
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("txt2img", "Text to image", Txt2ImgRequest, "studio.ui.txt2img"),
     Task("img2img", "Image to image", Img2ImgRequest, "studio.ui.img2img"),
+    Task("controlnet", "ControlNet", ControlNetRequest, "studio.ui.controlnet"),
+    Task("inpaint", "Inpaint", InpaintRequest, "studio.ui.inpaint"),
+    Task("outpaint", "Outpaint", OutpaintRequest, "studio.ui.outpaint"),
 )}
 
 

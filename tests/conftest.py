@@ -52,7 +52,8 @@ def cpu_probe():
 def manager(registry, tiny_cache):
     from studio.models.manager import ModelManager
 
-    return ModelManager(registry, cache_dir=tiny_cache, probe=cpu_probe, depth_model="tiny-depth")
+    return ModelManager(registry, cache_dir=tiny_cache, probe=cpu_probe, depth_model="tiny-depth",
+                        annotator_models={"lineart": "tiny-lineart"})
 
 
 def free_port() -> int:

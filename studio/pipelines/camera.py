@@ -72,6 +72,19 @@ def horizon_latents(pipe: Any, request: Any, generators: list) -> Any:
     return (noise.float() + bias[None]).to(noise.dtype)
 
 
+def horizon_control_arguments(request: Any, net: Any) -> dict[str, Any]:
+    """Depth ControlNet `net`'s arguments holding the horizon where the camera puts it: the hint is
+    the depth of a level ground plane seen from the camera (closed form, studio/hints.py)."""
+    from studio.hints import ground_plane_hint
+
+    f_px = focal_length_px(request.focal_length, request.width, request.height)
+    hint = ground_plane_hint(request.width, request.height, request.camera_pitch, f_px)
+    if net.union:
+        return {"control_image": [hint], "control_mode": [net.control_modes["depth"]],
+                "controlnet_conditioning_scale": request.horizon_control_weight}
+    return {"image": hint, "controlnet_conditioning_scale": request.horizon_control_weight}
+
+
 def horizon_details(request: Any) -> dict[str, Any]:
     """What the metadata records about the horizon (row in image pixels, may lie outside)."""
     f_px = focal_length_px(request.focal_length, request.width, request.height)

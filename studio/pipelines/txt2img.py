@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from studio.groups import Camera, MicroConditioning, Model, Prompt, Sampler, Size, Style
+from studio.groups import (Camera, HorizonControl, MicroConditioning, Model, Prompt, Sampler, Size, Style,
+                           usable_controlnets)
 from studio.results import DepthOfFieldDetails, Details, HorizonDetails, Result, StepCallback
 
 
 @dataclass(frozen=True, kw_only=True)
-class Txt2ImgRequest(Camera, MicroConditioning, Style, Model, Sampler, Size, Prompt):
+class Txt2ImgRequest(HorizonControl, Camera, MicroConditioning, Style, Model, Sampler, Size, Prompt):
     TASK: ClassVar[str] = "txt2img"
 
     def styled_prompts(self) -> tuple[str, str]:
@@ -34,8 +35,12 @@ def run(request: Txt2ImgRequest, models: Any, on_step: StepCallback | None = Non
     prompt, negative_prompt = request.styled_prompts()
     state = {"steps_done": 0, "interrupted": False}
     horizon = None
+    # The depth ControlNet that enforces the horizon, when asked (validation made sure one exists)
+    depth_net = usable_controlnets(models.registry, entry, "depth")[0] if request.horizon_control else None
+    nets = [depth_net.name] if depth_net is not None else []
 
-    with models.lease(request.model, "txt2img", on_wait=waiting(on_step, request.num_inference_steps)) as lease:
+    with models.lease(request.model, "txt2img", controlnets=nets,
+                      on_wait=waiting(on_step, request.num_inference_steps)) as lease:
         pipe = lease.pipe
         # 2. The sampler for this request (the lease restores the model's own afterwards)
         pipe.scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
@@ -47,11 +52,13 @@ def run(request: Txt2ImgRequest, models: Any, on_step: StepCallback | None = Non
         generators = make_generators(request.seed, request.batch_size)
         latents = camera.horizon_latents(pipe, request, generators)
         if latents is not None:
-            horizon = HorizonDetails(**camera.horizon_details(request))
+            horizon = HorizonDetails(**camera.horizon_details(request), controlnet=nets[0] if nets else None)
+        control = camera.horizon_control_arguments(request, depth_net) if nets else {}
         # 6. Denoise and decode
         output = pipe(
             **prompt_kwargs,
             **conditioning_kwargs,
+            **control,
             width=request.width,
             height=request.height,
             num_inference_steps=request.num_inference_steps,

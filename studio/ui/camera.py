@@ -8,14 +8,16 @@ import gradio as gr
 
 from studio.camera import SENSOR_LONG_MM, depth_of_field_limits_m, focal_length_px, fov_degrees, horizon_row
 from studio.fields import defaults
-from studio.groups import DOF_MODES, Camera
+from studio.groups import DOF_MODES, Camera, HorizonControl, usable_controlnets
 from studio.ui.widgets import optional_number, widget
 
 HELP = (
     "Leave a box empty to turn that control off. **Pitch** tilts the camera (+ looks up): the horizon "
     "is placed at row H/2 + f·tan(pitch) by shaping the starting noise (sky above, ground below). "
     "**Aperture** blurs each image after generation from its estimated depth, as a thin lens would "
-    "(the sharp image is kept too), or, with *prompt words only*, just asks the model for bokeh."
+    "(the sharp image is kept too), or, with *prompt words only*, just asks the model for bokeh. "
+    "**Camera → horizon control** also steers sampling with a depth ControlNet showing the depth of a level "
+    "ground plane seen from this camera, so the horizon holds where the geometry puts it."
 )
 
 
@@ -61,9 +63,14 @@ def build_camera_panel(declared: dict[str, Any]) -> dict[str, gr.components.Comp
             dof_mode = gr.Radio([(label, mode) for mode, label in DOF_MODES.items()], value=defaults(Camera)["dof_mode"],
                                 label=spec.label,
                                 elem_id="dof-mode")
+        with gr.Row(equal_height=True):
+            control = widget(declared["horizon_control"], False, "horizon-control")
+            control_weight = widget(declared["horizon_control_weight"],
+                                    defaults(HorizonControl)["horizon_control_weight"], "horizon-control-weight")
         summary = gr.Markdown(camera_summary(None, None, None, None, 1024, 1024), elem_id="camera-summary")
     return dict(camera_pitch=pitch, focal_length_mm=focal, aperture_f_number=aperture, focus_distance_m=focus,
-                dof_mode=dof_mode, horizon_strength=strength, summary=summary)
+                dof_mode=dof_mode, horizon_strength=strength, horizon_control=control,
+                horizon_control_weight=control_weight, summary=summary)
 
 
 def wire_camera_summary(widgets: dict[str, gr.components.Component], width: Any, height: Any) -> None:
@@ -73,3 +80,13 @@ def wire_camera_summary(widgets: dict[str, gr.components.Component], width: Any,
     for component in inputs:
         component.change(camera_summary, inputs, widgets["summary"], queue=False, api_visibility="private")
 
+
+
+def wire_horizon_control(registry: Any, model: Any, widgets: dict[str, gr.components.Component]) -> None:
+    """"Camera → horizon control" is offered only when the model's family has a depth ControlNet."""
+    def offered(model_name: str) -> list:
+        shown = bool(usable_controlnets(registry, registry.get(model_name), "depth"))
+        return [gr.update(visible=shown), gr.update(visible=shown)]
+
+    model.change(offered, model, [widgets["horizon_control"], widgets["horizon_control_weight"]],
+                 queue=False, api_visibility="private")

@@ -58,7 +58,7 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
         # One dict of inputs (not *values): Gradio injects `request` only into named parameters.
         session = job_key(request, task)
         try:
-            job = prepare({name: data[w] for name, w in tab.fields.items()})
+            job = prepare(tab.read_page({name: data[w] for name, w in tab.page_inputs.items()}))
         except INPUT_ERRORS as exc:
             yield skip, skip, skip, status_html(str(exc), "error"), skip
             return
@@ -114,7 +114,7 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
     # preprocess=False: raw values reach validation, whose errors name the field, the range and
     # the value, also for API callers that bypass the sliders.
     gpu = dict(concurrency_id=GPU, concurrency_limit=1, preprocess=False)
-    generate.click(on_page, {*tab.fields.values(), ctx.history}, [gallery, used_seed, details, status, ctx.history],
+    generate.click(on_page, {*tab.page_inputs.values(), ctx.history}, [gallery, used_seed, details, status, ctx.history],
                    show_progress="hidden", api_visibility="private", **gpu)
     api_seed = gr.Number(visible=False, precision=0)  # the API returns the seed as a number
     api_button = gr.Button(visible=False)

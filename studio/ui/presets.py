@@ -115,7 +115,7 @@ class Filler:
         except ValueError as exc:
             raise gr.Error(f"Settings not loaded from the image: {exc}", print_exception=False) from exc
         notes = []
-        if "model" in settings and settings["model"] not in self.registry.names("base", task=task_name):
+        if "model" in settings and settings["model"] not in self.registry.names("base", task=task_named(task_name).request.needs()):
             notes.append(f"its model {settings.pop('model')!r} is not in Studio's registry, so the current model is kept")
         maker = "Studio" if source == "studio" else "AUTOMATIC1111 or a compatible tool"
         message = " ".join([f"Loaded the settings of an image made by {maker}.", *(f"Note: {n}." for n in notes)])

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from studio.buckets import buckets
-from studio.fields import defaults, specs
-from studio.images import open_image
+from studio.fields import defaults, label, specs
+from studio.images import open_image, open_mask
 from studio.tasks import Task
 from studio.ui.jobs import StopFlags
 from studio.ui.widgets import elem_id, parse, shown, widget
@@ -48,18 +49,32 @@ class Tab:
     send_row: gr.Row  # where the app puts "Send to …" buttons
     image_input: gr.components.Component | None = None  # what "Send to" this tab fills
     fill_extras: Callable[[Any], list] = lambda request: []  # values for `extras` showing a request
+    # The page may show a field through another widget than the API's (an image editor holding the
+    # image and its mask); `read_page` turns the page's raw values into the API's.
+    page_fields: dict[str, gr.components.Component] | None = None
+    read_page: Callable[[dict[str, Any]], dict[str, Any]] = lambda values: values
 
     @property
     def outputs(self) -> list[gr.components.Component]:
         return [*self.fields.values(), *self.extras]
 
+    @property
+    def page_inputs(self) -> dict[str, gr.components.Component]:
+        return self.page_fields or self.fields
+
     def make_request(self, values: dict[str, Any]) -> Any:
-        """A request from raw widget or API values (not yet validated; images opened safely)."""
+        """A request from raw widget or API values (not yet validated; images opened safely; an
+        image `read_page` already opened is taken as it is)."""
         declared = specs(self.task.request)
         parsed = {name: parse(declared[name], raw) for name, raw in values.items()}
         for name, spec in declared.items():
-            if spec.kind == "image" and parsed.get(name) is not None:
-                parsed[name] = open_image(upload_path(parsed[name]))
+            value = parsed.get(name)
+            if spec.kind == "image" and value is not None and not isinstance(value, Image.Image):
+                path = upload_path(value, label(name, spec))
+                try:
+                    parsed[name] = (open_mask if name == "mask" else open_image)(path)
+                except ValueError as exc:  # say which upload, when the task takes several
+                    raise ValueError(str(exc) if name == "image" else f"{label(name, spec)}: {exc}") from None
         return self.task.request(**parsed)
 
     def fill(self, request: Any, registry: Any) -> list:
@@ -76,20 +91,20 @@ class Tab:
         return [update(n, declared[n]) for n in self.fields] + self.fill_extras(request)
 
 
-def upload_path(value: Any) -> str:
+def upload_path(value: Any, what: str = "Image (image)") -> str:
     """The file path Gradio gives for an upload: a FileData dict (raw events) or a path."""
     path = value.get("path") if isinstance(value, dict) else value
     if not isinstance(path, (str, Path)) or not str(path):
-        raise ValueError(f"Image (image) must be an uploaded image file, got {value!r:.100}")
+        raise ValueError(f"{what} must be an uploaded image file, got {value!r:.100}")
     return str(path)
 
 
 # --- model and size ----------------------------------------------------------------------------
 
-def model_choices(manager: Any, task: str) -> list[tuple[str, str]]:
+def model_choices(manager: Any, task: Task) -> list[tuple[str, str]]:
     """The models that can do `task`; those that cannot be loaded now are marked."""
     out = []
-    for name in manager.registry.names("base", task=task):
+    for name in manager.registry.names("base", task=task.request.needs()):
         reason = manager.available(name)
         label = manager.registry.get(name).label
         out.append((label if reason is None else f"{label} — not available now", name))
@@ -119,7 +134,7 @@ def model_and_size(ctx: AppContext, task: Task, prefix: str) -> dict[str, Any]:
     entry = registry.get(ctx.default_model)
     d = entry.defaults
     model = widget(declared["model"], ctx.default_model, elem_id(prefix, "model"),
-                   choices=model_choices(ctx.manager, task.name))
+                   choices=model_choices(ctx.manager, task))
     aspect = gr.Dropdown(bucket_choices(entry), value=aspect_for(entry, d.width, d.height)["value"],
                          label="Aspect ratio", elem_id=elem_id(prefix, "aspect"))
     with gr.Row():

@@ -10,7 +10,7 @@ import gradio as gr
 from studio.fields import defaults, specs
 from studio.pipelines.drafts import draft_partner
 from studio.tasks import TASKS
-from studio.ui.camera import build_camera_panel, wire_camera_summary
+from studio.ui.camera import build_camera_panel, wire_camera_summary, wire_horizon_control
 from studio.ui.generate import wire_generate
 from studio.ui.preview import wire_live_preview
 from studio.ui.tab import (AppContext, Tab, aspect_for, model_and_size, on_model_defaults, results, sampler, style,
@@ -78,6 +78,7 @@ def build_tab(ctx: AppContext) -> Tab:
 
     draft_mode.click(on_draft_mode, size["model"], [size["model"], *model_outputs], api_visibility="private")
     wire_camera_summary(camera, size["width"], size["height"])
+    wire_horizon_control(registry, size["model"], camera)
     live.change(lambda on: gr.update(visible=on), live, preview_box, queue=False, api_visibility="private")
     triggers = [prompt, negative_prompt, size["model"], size["width"], size["height"], samp["seed"],
                 styles["style_prompt"], *(camera[k] for k in declared if k in camera)]

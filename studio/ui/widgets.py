@@ -39,6 +39,8 @@ def widget(spec: Spec, value: Any, elem: str, **overrides: Any) -> gr.components
         return gr.Number(value, precision=0 if kind == "int" else None, minimum=lo, maximum=hi, **kwargs)
     if kind in ("int", "float"):
         return gr.Slider(lo, hi, value=value, step=spec.step, **kwargs)
+    if kind == "bool":
+        return gr.Checkbox(bool(value), **kwargs)
     if kind == "image":
         kwargs.pop("info")  # an image has no help line
         return gr.Image(value, type="filepath", format="png", sources=["upload", "clipboard"], **kwargs)
