@@ -264,8 +264,8 @@ def test_least_recently_used_adapters_are_deleted(registry, tiny_cache):
 
 
 def test_bad_stacks_are_refused_before_waiting(manager):
-    with pytest.raises(ValueError, match="lora 'tiny-controlnet' must be an entry with a `lora` source"):
-        manager.lease("tiny", loras=[("tiny-controlnet", 1.0)])
+    with pytest.raises(ValueError, match="lora 'tiny-controlnet-depth' must be an entry with a `lora` source"):
+        manager.lease("tiny", loras=[("tiny-controlnet-depth", 1.0)])
     with pytest.raises(ValueError, match="must not repeat"):
         manager.lease("tiny-fast", loras=[("tiny-fast", 1.0)])
     with pytest.raises(ValueError, match="weight must be a finite number, got nan"):
@@ -310,28 +310,27 @@ def test_controlnets_load_through_from_pretrained_and_derive_pipelines(registry,
         names.append(entry.name)
         return load_from_pretrained(source, entry, dtype)
 
-    m = ModelManager(with_copies(registry, **{"tiny-controlnet-b": "tiny-controlnet"}), cache_dir=tiny_cache,
-                     probe=cpu_probe, loader=loader)
+    m = ModelManager(registry, cache_dir=tiny_cache, probe=cpu_probe, loader=loader)
     with m.lease("tiny") as lease:
         base, plain = lease.pipe, render(lease.pipe, steps=1)
-    with m.lease("tiny", controlnets=["tiny-controlnet"]) as lease:
+    with m.lease("tiny", controlnets=["tiny-controlnet-depth"]) as lease:
         pipe = lease.pipe
         assert type(pipe).__name__ == "StableDiffusionXLControlNetPipeline"
         assert type(pipe.controlnet).__name__ == "ControlNetModel"
         assert pipe.unet is base.unet and pipe.vae is base.vae
         controlled = render(pipe, steps=1, image=Image.new("RGB", (64, 64), (255, 255, 255)))
     assert not np.array_equal(controlled, plain)
-    assert names == ["tiny", "tiny-controlnet"] and m.loaded() == ["tiny", "tiny-controlnet"]
-    with m.lease("tiny", controlnets=["tiny-controlnet"]) as lease:
+    assert names == ["tiny", "tiny-controlnet-depth"] and m.loaded() == ["tiny", "tiny-controlnet-depth"]
+    with m.lease("tiny", controlnets=["tiny-controlnet-depth"]) as lease:
         assert lease.pipe is pipe  # the same set reuses the derived pipeline
-    with m.lease("tiny", controlnets=["tiny-controlnet", "tiny-controlnet-b"]) as lease:
+    with m.lease("tiny", controlnets=["tiny-controlnet-depth", "tiny-controlnet-canny"]) as lease:
         assert type(lease.pipe.controlnet).__name__ == "MultiControlNetModel" and lease.pipe is not pipe
-    with m.lease("tiny", "img2img", controlnets=["tiny-controlnet"]) as lease:
+    with m.lease("tiny", "img2img", controlnets=["tiny-controlnet-depth"]) as lease:
         assert type(lease.pipe).__name__ == "StableDiffusionXLControlNetImg2ImgPipeline"
-    m.unload("tiny-controlnet")
-    with m.lease("tiny", controlnets=["tiny-controlnet"]) as lease:
+    m.unload("tiny-controlnet-depth")
+    with m.lease("tiny", controlnets=["tiny-controlnet-depth"]) as lease:
         assert lease.pipe is not pipe and lease.pipe.unet is base.unet  # rebuilt around a fresh ControlNet
-    assert names == ["tiny", "tiny-controlnet", "tiny-controlnet-b", "tiny-controlnet"]
+    assert names == ["tiny", "tiny-controlnet-depth", "tiny-controlnet-canny", "tiny-controlnet-depth"]
 
 
 def test_inpainting_checkpoints_and_helper_roles(registry, tiny_cache):
@@ -345,7 +344,7 @@ def test_inpainting_checkpoints_and_helper_roles(registry, tiny_cache):
     with pytest.raises(ValueError, match=r"has role 'vae', but a lease's model must have a role in \('base', 'inpaint'\)"):
         m.lease("sdxl-vae-fp16-fix")
     with pytest.raises(ValueError, match="has role 'controlnet'"):
-        m.lease("tiny-controlnet")
+        m.lease("tiny-controlnet-depth")
     with pytest.raises(ValueError, match="task must be one of"):
         m.lease("tiny", "upscale")
 

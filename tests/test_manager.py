@@ -150,7 +150,7 @@ def test_startup_model_must_be_a_base_model(manager):
     with pytest.raises(ValueError, match=r"startup model must be one of \[.*'tiny'.*\], got 'sdxl-vae-fp16-fix' \(role 'vae'\)"):
         manager.resolve_startup_model("sdxl-vae-fp16-fix")
     with pytest.raises(ValueError, match="role 'controlnet'"):
-        manager.resolve_startup_model("tiny-controlnet")
+        manager.resolve_startup_model("tiny-controlnet-depth")
 
 
 def test_downloadable_model_is_kept(registry, tiny_cache, empty_hub_cache):
@@ -164,7 +164,7 @@ def test_availability_asks_the_hub_once(registry, tiny_cache, empty_hub_cache):
     reasons = {name: m.available(name) for name in registry.names("base")}
     assert {n for n, r in reasons.items() if r is None} == {"tiny", "tiny-fast", "tiny-sd15"}
     assert reasons["sdxl-base"] == "not cached and the Hugging Face Hub is unreachable (ConnectionError: no network)"
-    assert m.available("tiny-controlnet") is None and m.available("tiny-lora-b") is None
+    assert m.available("tiny-controlnet-depth") is None and m.available("tiny-lora-b") is None
     assert len(hub.calls) == 1  # seven models, one probe
 
 
@@ -215,7 +215,7 @@ def test_families_are_registry_data(registry):
     assert registry.family("sd15").native_area == 512 * 512
     assert registry.get("sdxl-base").size_range == (256, 2048) and registry.get("tiny").size_range == (64, 512)
     assert registry.names("base", task="img2img") == registry.names("base")
-    assert registry.names("inpaint", task="inpaint") == ["sdxl-inpaint", "tiny-inpaint"]
+    assert registry.names("inpaint", task="inpaint") == ["sdxl-inpaint", "sd15-inpaint", "tiny-inpaint"]
     assert registry.names("inpaint", task="txt2img") == []
     assert registry.names("lora") == ["tiny-lora-b"]
     narrow = registry_with(lambda d: d["families"]["sd15"].update(tasks=["txt2img"], max_size=1024))
@@ -234,7 +234,8 @@ def test_families_are_registry_data(registry):
     (lambda d: d["families"]["sdxl"].update(min_size=4096), "must not exceed max_size"),
     (lambda d: d.pop("families"), "families"),
     (lambda d: next(m for m in d["models"] if m["role"] == "lora").pop("lora"), "role 'lora' needs a `lora` source"),
-    (lambda d: d["models"][1].update(role="controlnet", lora={"base": "sdxl-base"}), "only base and lora entries"),
+    (lambda d: d["models"][1].update(role="controlnet", control_types=["depth"], lora={"base": "sdxl-base"}),
+     "only base and lora entries"),
 ])
 def test_registry_rejects_bad_families_and_roles(mutate, message):
     with pytest.raises(ValueError, match=message):

@@ -61,6 +61,13 @@ class Lease:
             raise RuntimeError(f"the GPU lease for {self.description} was released; take a new one")
         return self._manager._depth_estimator()
 
+    def annotator(self, kind: str) -> tuple[str, Any]:
+        """(registry name, annotator) of `kind` ("lineart"), loaded on first use; the annotator maps
+        a PIL RGB image to its hint image (white lines on black, the same size)."""
+        if self._released:
+            raise RuntimeError(f"the GPU lease for {self.description} was released; take a new one")
+        return self._manager._annotator(kind)
+
     def release(self) -> None:
         """Undo the job's changes and let the next job in. Idempotent; callable from any thread."""
         with self._release_lock:
@@ -197,10 +204,21 @@ def plan_lease(registry: Registry, model: str | None, task: str, controlnets: Se
     base = registry.get(entry.lora.base) if entry.lora is not None else entry
     stack = [(entry.name, entry.lora.scale)] if entry.lora is not None else []
     stack += [(_check_add_on(registry, name, "lora", base), _check_weight(name, weight)) for name, weight in loras]
+    names = [n for n, _ in stack]
+    if len(set(names)) != len(names):
+        raise ValueError(f"LoRAs must not repeat (a LoRA-based model brings its own LoRA), got {names}")
+    # A ControlNet may repeat: two units of one union model (two modes), or two hints of one kind.
     nets = [_check_add_on(registry, name, "controlnet", base) for name in controlnets]
-    for kind, names in (("LoRAs", [n for n, _ in stack]), ("controlnets", nets)):
-        if len(set(names)) != len(names):
-            raise ValueError(f"{kind} must not repeat (a LoRA-based model brings its own LoRA), got {names}")
+    unions = [n for n in nets if registry.get(n).union]
+    if unions and len(unions) != len(nets):
+        singles = [n for n in nets if n not in unions]
+        raise ValueError(f"ControlNet-Union models cannot be combined with single-condition ControlNets in one "
+                         f"job (diffusers has no pipeline for the mix), got unions {unions} and {singles}; "
+                         "use the union model for every unit, or only single-condition ones")
+    if unions and entry.role == "inpaint":
+        raise ValueError(f"ControlNet-Union models cannot run on inpainting checkpoint {model!r}: diffusers' union "
+                         f"inpainting pipeline needs a base model's 4-channel UNet, got {unions}; inpaint with a base "
+                         "model and the union model's inpaint mode instead")
     return Plan(entry, base, task, tuple(nets), tuple(stack))
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.models.device import GB
-from studio.models.registry import DepthEntry, Family, ModelEntry
+from studio.models.registry import AnnotatorEntry, DepthEntry, Family, ModelEntry
 
 TASKS = ("txt2img", "img2img", "inpaint")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
@@ -37,15 +37,19 @@ def hub_reachable(repo_id: str) -> None:
         return
 
 
-def _marker(entry: ModelEntry | DepthEntry) -> str:
+def _marker(entry: ModelEntry | DepthEntry | AnnotatorEntry) -> str:
     """The file whose presence proves a checkpoint is in the Hugging Face cache."""
+    if isinstance(entry, AnnotatorEntry):
+        from studio.models.annotators import hub_files
+
+        return hub_files(entry.kind)[0]
     lora = getattr(entry, "lora", None)
     if lora is not None:
         return lora.weight_name
     return "model_index.json" if entry.role in ("base", "inpaint") else "config.json"
 
 
-def cached_snapshot(entry: ModelEntry | DepthEntry) -> Path | None:
+def cached_snapshot(entry: ModelEntry | DepthEntry | AnnotatorEntry) -> Path | None:
     """The folder of `entry` in the local Hugging Face cache, or None when it is not there."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -76,7 +80,7 @@ def estimate_bytes(entry: ModelEntry, source: str, family: Family, dtype: str) -
 
 def load_from_pretrained(source: str, entry: ModelEntry, dtype: str, vae: Any = None) -> Any:
     """The one loading path: a pipeline for base and inpainting checkpoints, a ControlNetModel for
-    ControlNets, each through diffusers' `from_pretrained`."""
+    ControlNets (a ControlNetUnionModel for union ones), each through diffusers' `from_pretrained`."""
     import diffusers
     import torch
 
@@ -84,7 +88,8 @@ def load_from_pretrained(source: str, entry: ModelEntry, dtype: str, vae: Any = 
     if entry.variant and dtype == "float16":
         kwargs["variant"] = entry.variant
     if entry.role == "controlnet":
-        return diffusers.ControlNetModel.from_pretrained(source, **kwargs)
+        model_class = diffusers.ControlNetUnionModel if entry.union else diffusers.ControlNetModel
+        return model_class.from_pretrained(source, **kwargs)
     if entry.role not in ("base", "inpaint"):
         raise ValueError(f"model {entry.name!r} has role {entry.role!r}; only base, inpaint and controlnet checkpoints load")
     if vae is not None:
@@ -104,9 +109,14 @@ def derive_pipeline(root: Any, task: str, controlnets: Sequence[Any] = ()) -> An
     """A pipeline for `task` (with these ControlNets) sharing every component of `root`.
 
     diffusers' `from_pipe` picks the class: SDXL + one ControlNet for txt2img is
-    StableDiffusionXLControlNetPipeline, for img2img ...ControlNetImg2ImgPipeline, and so on."""
+    StableDiffusionXLControlNetPipeline, for img2img ...ControlNetImg2ImgPipeline, and so on.
+    ControlNet-Union models need the SDXL union pipelines, named here, because the auto pipelines'
+    `from_pipe` does not recognise them. The same module may come twice (two units of one model)."""
     import diffusers
-    from diffusers.models.controlnets import MultiControlNetModel
+    from diffusers.models.controlnets import (
+        MultiControlNetModel,
+        MultiControlNetUnionModel,
+    )
 
     auto = {
         "txt2img": diffusers.AutoPipelineForText2Image,
@@ -115,8 +125,22 @@ def derive_pipeline(root: Any, task: str, controlnets: Sequence[Any] = ()) -> An
     }[task]
     if not controlnets:
         return auto.from_pipe(root)
-    controlnet = controlnets[0] if len(controlnets) == 1 else MultiControlNetModel(list(controlnets))
-    return auto.from_pipe(root, controlnet=controlnet)
+    unions = [isinstance(net, diffusers.ControlNetUnionModel) for net in controlnets]
+    if not any(unions):
+        controlnet = controlnets[0] if len(controlnets) == 1 else MultiControlNetModel(list(controlnets))
+        return auto.from_pipe(root, controlnet=controlnet)
+    if not all(unions):
+        raise ValueError(f"ControlNet-Union models and single-condition ControlNets cannot share one pipeline, "
+                         f"got {[type(net).__name__ for net in controlnets]}")
+    if not isinstance(root, (diffusers.StableDiffusionXLPipeline, diffusers.StableDiffusionXLInpaintPipeline)):
+        raise TypeError(f"ControlNet-Union models work with SDXL pipelines only, got {type(root).__name__}")
+    union_pipeline = {
+        "txt2img": diffusers.StableDiffusionXLControlNetUnionPipeline,
+        "img2img": diffusers.StableDiffusionXLControlNetUnionImg2ImgPipeline,
+        "inpaint": diffusers.StableDiffusionXLControlNetUnionInpaintPipeline,
+    }[task]
+    controlnet = controlnets[0] if len(controlnets) == 1 else MultiControlNetUnionModel(list(controlnets))
+    return union_pipeline.from_pipe(root, controlnet=controlnet)
 
 
 def pipeline_bytes(model: Any) -> int:

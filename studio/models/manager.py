@@ -25,7 +25,7 @@ from studio.models.loading import (  # noqa: F401
     cached_snapshot, derive_pipeline, estimate_bytes, hub_offline, hub_reachable, load_from_pretrained,
     load_vae, pipeline_bytes,
 )
-from studio.models.registry import DepthEntry, ModelEntry, Registry
+from studio.models.registry import AnnotatorEntry, DepthEntry, ModelEntry, Registry
 
 log = logging.getLogger(__name__)
 _UNCHECKED = "unchecked"  # the Hub has not been asked yet
@@ -59,11 +59,13 @@ class ModelManager:
     hub_check: Callable[[str], None] = hub_reachable  # raises when the Hub cannot be reached
     budget_bytes: int | None = None  # None: derived from the probe
     depth_model: str | None = None  # the depth estimator for the lens blur; None: the registry's first
+    annotator_models: dict[str, str] | None = None  # annotator kind -> registry name; unset kinds: the first
     max_adapters: int = 8  # LoRA adapters kept loaded per model (each adds layers to every forward pass)
     _gate: Gate = field(default_factory=Gate, init=False)
     _loaded: OrderedDict[str, _Loaded] = field(default_factory=OrderedDict, init=False)  # LRU first
     _info: DeviceInfo | None = field(default=None, init=False)
     _depth: tuple[str, Any] | None = field(default=None, init=False)  # (name, transformers pipeline)
+    _annotators: dict[str, tuple[str, Any]] = field(default_factory=dict, init=False)  # kind -> (name, annotator)
     _hub: str | None = field(default=_UNCHECKED, init=False)  # why the Hub cannot be used; None: it can
 
     # -- what is there and what can be loaded -------------------------------------------------
@@ -85,7 +87,7 @@ class ModelManager:
         """The LoRA adapters loaded on model `name`."""
         return sorted(self._loaded[name].adapters) if name in self._loaded else []
 
-    def source(self, entry: ModelEntry | DepthEntry) -> str:
+    def source(self, entry: ModelEntry | DepthEntry | AnnotatorEntry) -> str:
         """Where `from_pretrained` reads `entry` from; raises ModelUnavailable with the reason."""
         if entry.builtin:
             from studio.models.tiny import ensure_tiny_model
@@ -193,6 +195,7 @@ class ModelManager:
         """Make the accelerator ours alone for an exclusive job, and measure it afresh."""
         self._loaded.clear()
         self._depth = None
+        self._annotators.clear()
         self._free_accelerator_memory()
         self._info = None
         self.device_info  # probe now: the job plans with the memory just freed
@@ -228,6 +231,24 @@ class ModelManager:
             self._depth = (entry.name, load_depth_estimator(source, info.device, choose_dtype(info)))
             log.info("loaded depth model %s", entry.name)
         return self._depth
+
+    def _annotator(self, kind: str) -> tuple[str, Any]:
+        """The hint annotator of `kind` ("lineart"), loaded on first use and kept, like the depth
+        estimator: it is small (about 4M parameters per line art network)."""
+        entry = self.registry.annotator(kind, (self.annotator_models or {}).get(kind))
+        held = self._annotators.get(kind)
+        if held is None or held[0] != entry.name:
+            from studio.models.annotators import load_lineart
+
+            try:
+                source = self.source(entry)
+            except ModelUnavailable as exc:
+                raise ModelUnavailable(f"{exc}. Drawing {kind} hints needs this annotator; without it, give a "
+                                       f"ready {kind} image as the hint instead.") from exc
+            info = self.device_info
+            held = self._annotators[kind] = (entry.name, load_lineart(source, info.device, choose_dtype(info)))
+            log.info("loaded %s annotator %s", kind, entry.name)
+        return held
 
     # -- loading, eviction, derived pipelines and adapters (called inside a held lease) -----------
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
@@ -16,6 +16,7 @@ from studio.schedulers import check_scheduler_name
 DEFAULT_REGISTRY = Path(__file__).resolve().parents[2] / "presets" / "models.json"
 BUILTIN_PREFIX = "builtin:"
 Task = Literal["txt2img", "img2img", "inpaint"]
+ControlType = Literal["depth", "canny", "lineart", "tile", "inpaint"]  # what a ControlNet's hint image shows
 LEASABLE_ROLES = ("base", "inpaint")  # roles a job can lease as its model
 
 
@@ -107,6 +108,11 @@ class ModelEntry(_Downloadable):
     defaults: ModelDefaults = ModelDefaults()
     lora: LoraSource | None = None  # set: repo_id holds a LoRA applied on lora.base
     draft: str | None = None  # the fast model live previews use (None: this model itself)
+    # ControlNets only: the hint images it understands. A ControlNet-Union model (`union`) is one
+    # model for several types, the type chosen per call by its model card's mode index (`control_modes`).
+    control_types: list[ControlType] | None = Field(None, min_length=1)
+    union: bool = False
+    control_modes: dict[ControlType, int] | None = None  # control type -> `control_mode` index
     _family: Family | None = PrivateAttr(None)  # resolved by the Registry that holds this entry
 
     @property
@@ -116,11 +122,40 @@ class ModelEntry(_Downloadable):
             raise RuntimeError(f"model {self.name!r} was not validated in a Registry, so its family's sizes are unknown")
         return (self.min_size or self._family.min_size, self.max_size or self._family.max_size)
 
+    @model_validator(mode="after")
+    def _control(self):
+        if self.role != "controlnet":
+            if self.control_types is not None or self.union or self.control_modes is not None:
+                raise ValueError(f"model {self.name!r}: only ControlNets (role 'controlnet') may have control_types, "
+                                 f"union or control_modes, not role {self.role!r}")
+            return self
+        if self.control_types is None:
+            raise ValueError(f"ControlNet {self.name!r} needs control_types (some of {list(get_args(ControlType))})")
+        if len(set(self.control_types)) != len(self.control_types):
+            raise ValueError(f"ControlNet {self.name!r}: control_types must not repeat, got {self.control_types}")
+        if self.union != (self.control_modes is not None):
+            raise ValueError(f"ControlNet {self.name!r}: a union model (union: true) needs control_modes, and only "
+                             f"a union model may have them; got union={self.union} and control_modes={self.control_modes}")
+        if self.control_modes is not None:
+            if set(self.control_modes) != set(self.control_types):
+                raise ValueError(f"ControlNet {self.name!r}: control_modes must map exactly the control_types "
+                                 f"{sorted(self.control_types)}, got {sorted(self.control_modes)}")
+            if any(mode < 0 for mode in self.control_modes.values()):
+                raise ValueError(f"ControlNet {self.name!r}: control_modes must be indexes >= 0, got {self.control_modes}")
+        return self
+
 
 class DepthEntry(_Downloadable):
     """A metric depth-estimation model (transformers), for the lens blur."""
 
     role: Literal["depth"] = "depth"
+
+
+class AnnotatorEntry(_Downloadable):
+    """A learned detector that draws a ControlNet hint from a photo (controlnet-aux's lineart)."""
+
+    role: Literal["annotator"] = "annotator"
+    kind: Literal["lineart"]
 
 
 class Registry(_Strict):
@@ -129,10 +164,11 @@ class Registry(_Strict):
     families: dict[str, Family]
     models: list[ModelEntry]
     depth_models: list[DepthEntry] = []  # the first is the default
+    annotators: list[AnnotatorEntry] = []  # the first of each kind is its default
 
     @model_validator(mode="after")
     def _consistent(self):
-        names = [m.name for m in [*self.models, *self.depth_models]]
+        names = [m.name for m in [*self.models, *self.depth_models, *self.annotators]]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"model names must be unique, repeated: {duplicates}")
@@ -183,12 +219,28 @@ class Registry(_Strict):
         """Names of the models with `role`, and when `task` is given, only those that can do it."""
         return [m.name for m in self.models if m.role == role and (task is None or task in self.tasks(m))]
 
+    def controlnets(self, family: str, control_type: str | None = None) -> list[ModelEntry]:
+        """The ControlNets for `family` that understand `control_type` (any type when None):
+        single-condition ones first, then union models, each in file order."""
+        self.family(family)
+        fits = [m for m in self.models if m.role == "controlnet" and m.family == family
+                and (control_type is None or control_type in m.control_types)]
+        return [m for m in fits if not m.union] + [m for m in fits if m.union]
+
     def depth(self, name: str | None = None) -> DepthEntry:
         """Depth model `name`, or the default one."""
         for m in self.depth_models:
             if name is None or m.name == name:
                 return m
         raise ValueError(f"unknown depth model {name!r}; expected one of {[m.name for m in self.depth_models]}")
+
+    def annotator(self, kind: str, name: str | None = None) -> AnnotatorEntry:
+        """Annotator `name`, which must be of `kind`, or the first one of `kind`."""
+        of_kind = [a for a in self.annotators if a.kind == kind]
+        for a in of_kind:
+            if name is None or a.name == name:
+                return a
+        raise ValueError(f"unknown {kind} annotator {name!r}; expected one of {[a.name for a in of_kind]}")
 
 
 def load_registry(path: str | Path = DEFAULT_REGISTRY) -> Registry:

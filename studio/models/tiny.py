@@ -9,8 +9,11 @@ The pipelines are written with `save_pretrained` once and then loaded with `from
 exactly like a model downloaded from the Hub. Their images are noise-like and carry no meaning.
 The tiny metric depth model ("tiny-depth") is built in `studio.models.depth` and cached here too.
 "tiny-lora" and "tiny-lora-b" are seeded random LoRAs on the tiny SDXL UNet, saved as diffusers'
-training scripts do; "tiny-controlnet" is a ControlNet copied from that UNet and "tiny-inpaint" an
-SDXL inpainting pipeline, so every registry role has a built-in stand-in.
+training scripts do; "tiny-controlnet-depth" and "-canny" are ControlNets copied from that UNet
+(different seeds), "tiny-controlnet-union" a ControlNet-Union model, "tiny-controlnet-depth-sd15"
+one for the SD1.5 model, "tiny-inpaint" an SDXL inpainting pipeline and "tiny-lineart" the line art
+detector of controlnet-aux (built in `studio.models.annotators`), so every registry role has a
+built-in stand-in.
 """
 
 from __future__ import annotations
@@ -148,21 +151,53 @@ def build_tiny_sdxl_inpaint():
                                             force_zeros_for_empty_prompt=True)
 
 
-def build_tiny_controlnet():
-    """A ControlNet for the tiny SDXL model, copied from its UNet as diffusers' training scripts do.
+def _make_visible(controlnet, seed: int, zeroed=()) -> None:
+    """Give a tiny ControlNet's zero-initialised output layers (and `zeroed` others) seeded random
+    weights, so that its effect shows in tests.
 
-    `from_unet` zero-initialises the output convolutions (training starts from "no effect"), so an
-    untrained copy would change nothing; seeded random ones make its effect visible in tests."""
+    `from_unet` zeroes the layers through which a ControlNet acts (training starts from "no
+    effect"), so an untrained copy would change nothing. The hint's own path, the conditioning
+    embedding's small convolutions, gets He initialisation: with PyTorch's default the signal
+    shrinks layer by layer until the hint image barely matters."""
     import torch
+
+    torch.manual_seed(seed)
+    embedding = controlnet.controlnet_cond_embedding
+    with torch.no_grad():
+        for conv in embedding.modules():
+            if isinstance(conv, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        for layer in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block, embedding.conv_out, *zeroed]:
+            layer.weight.normal_(std=0.05)
+
+
+def build_tiny_controlnet(family: str = "sdxl", seed: int = 3):
+    """A ControlNet for the tiny SDXL (or SD1.5) model, copied from its UNet as diffusers' training
+    scripts do; each `seed` gives different output layers."""
     from diffusers import ControlNetModel
 
-    controlnet = ControlNetModel.from_unet(build_tiny_sdxl().unet)
-    torch.manual_seed(3)
-    outputs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
-               controlnet.controlnet_cond_embedding.conv_out]
-    with torch.no_grad():
-        for conv in outputs:
-            conv.weight.normal_(std=0.05)
+    unet = (build_tiny_sdxl() if family == "sdxl" else build_tiny_sd15()).unet
+    controlnet = ControlNetModel.from_unet(unet)
+    _make_visible(controlnet, seed)
+    return controlnet
+
+
+def build_tiny_controlnet_union():
+    """A ControlNet-Union model for the tiny SDXL model, copied from its UNet.
+
+    `from_unet` keeps the union-specific sizes of the real model (a 320-wide fusion transformer,
+    6 control types); here the transformer works at the tiny UNet's first width (8) and there are
+    8 control types, as in ControlNet-Union ProMax (mode 6 tile, 7 repaint)."""
+    from diffusers import ControlNetUnionModel
+
+    copied = ControlNetUnionModel.from_unet(build_tiny_sdxl().unet)
+    width = copied.config.block_out_channels[0]
+    controlnet = ControlNetUnionModel.from_config(copied.config, num_control_type=8, num_trans_channel=width,
+                                                  num_trans_head=2, num_proj_channel=width)
+    own = controlnet.state_dict()
+    controlnet.load_state_dict({k: v for k, v in copied.state_dict().items() if v.shape == own[k].shape}, strict=False)
+    # spatial_ch_projs is the union model's zero-initialised projection of the fused condition.
+    _make_visible(controlnet, seed=7, zeroed=[controlnet.spatial_ch_projs])
     return controlnet
 
 
@@ -187,7 +222,7 @@ def build_tiny_sd15():
 
 
 def save_pipeline(build):
-    """A saver writing the diffusers pipeline `build()` returns into a folder (safetensors)."""
+    """A saver writing the diffusers pipeline (or model) `build()` returns into a folder (safetensors)."""
     return lambda folder: build().save_pretrained(folder)
 
 
@@ -195,6 +230,12 @@ def save_depth(folder) -> None:
     from studio.models.depth import save_tiny_depth
 
     save_tiny_depth(folder)
+
+
+def save_lineart(folder) -> None:
+    from studio.models.annotators import save_tiny_lineart
+
+    save_tiny_lineart(folder)
 
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name
@@ -227,7 +268,11 @@ BUILDERS = {
     "tiny-depth": (save_depth, "config.json"),
     "tiny-lora": (save_tiny_lora, LORA_WEIGHT_NAME),
     "tiny-lora-b": (lambda folder: save_tiny_lora(folder, seed=4), LORA_WEIGHT_NAME),
-    "tiny-controlnet": (lambda folder: build_tiny_controlnet().save_pretrained(folder), "config.json"),
+    "tiny-controlnet-depth": (save_pipeline(lambda: build_tiny_controlnet(seed=3)), "config.json"),
+    "tiny-controlnet-canny": (save_pipeline(lambda: build_tiny_controlnet(seed=5)), "config.json"),
+    "tiny-controlnet-union": (save_pipeline(build_tiny_controlnet_union), "config.json"),
+    "tiny-controlnet-depth-sd15": (save_pipeline(lambda: build_tiny_controlnet("sd15", seed=6)), "config.json"),
+    "tiny-lineart": (save_lineart, "sk_model2.safetensors"),
     "tiny-inpaint": (save_pipeline(build_tiny_sdxl_inpaint), "model_index.json"),
 }
 
