@@ -49,8 +49,9 @@ def infotext_params(request: Any, seed: int, steps_done: int | None = None) -> d
     """The settings line's items for one image, in declaration order. A stopped run records the
     steps it really did (A1111 has no other key for them)."""
     params: dict[str, Any] = {}
+    unused = getattr(request, "unused_fields", lambda: ())()  # settings this run did not use
     for name, spec in specs(type(request)).items():
-        if spec.infotext is None:
+        if spec.infotext is None or name in unused:
             continue
         value = getattr(request, name)
         if name == "seed":

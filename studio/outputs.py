@@ -42,7 +42,8 @@ def save_result_images(result: Result, outputs_dir: Path) -> list[Path]:
     """Save a batch under outputs_dir/YYYY-MM-DD/; each PNG carries the settings that remake it.
 
     Images that had a post-effect (the lens blur) are followed by their originals, saved beside
-    them as <name>-sharp.png."""
+    them as <name>-sharp.png; then come the ControlNet hints when they were kept, saved as
+    <first name>-hint-<unit>.png."""
     folder = Path(outputs_dir) / f"{datetime.now():%Y-%m-%d}"
     paths, sharp = [], []
     for i, (image, seed) in enumerate(zip(result.images, result.seeds)):
@@ -50,4 +51,5 @@ def save_result_images(result: Result, outputs_dir: Path) -> list[Path]:
         paths.append(save_png(image, folder, output_name(seed), info))
         if result.originals:
             sharp.append(save_png(result.originals[i], folder, paths[-1].stem + "-sharp.png", info))
-    return paths + sharp
+    hints = [save_png(hint, folder, f"{paths[0].stem}-hint-{i + 1}.png") for i, hint in enumerate(result.hints)]
+    return paths + sharp + hints

@@ -29,7 +29,8 @@ def generate(client, **overrides):
 
 def test_only_the_api_endpoints_are_public(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert sorted(endpoints) == ["/apply_preset", "/img2img", "/preset", "/presets", "/txt2img"]
+    assert sorted(endpoints) == ["/apply_preset", "/control_hint", "/controlnet", "/img2img", "/inpaint", "/outpaint",
+                                 "/preset", "/presets", "/txt2img"]
     names = [p["parameter_name"] for p in endpoints["/txt2img"]["parameters"]]
     assert names[:9] == list(ARGS)
 

@@ -81,8 +81,8 @@ def horizon_control_arguments(request: Any, net: Any) -> dict[str, Any]:
     hint = ground_plane_hint(request.width, request.height, request.camera_pitch, f_px)
     if net.union:
         return {"control_image": [hint], "control_mode": [net.control_modes["depth"]],
-                "controlnet_conditioning_scale": request.horizon_control_weight}
-    return {"image": hint, "controlnet_conditioning_scale": request.horizon_control_weight}
+                "controlnet_conditioning_scale": float(request.horizon_control_weight)}
+    return {"image": hint, "controlnet_conditioning_scale": float(request.horizon_control_weight)}
 
 
 def horizon_details(request: Any) -> dict[str, Any]:

@@ -91,9 +91,10 @@ def control_kwargs(resolved: list[Resolved], hints: list[Any], hint_argument: st
     units = [r.unit for r in resolved]
     one = len(resolved) == 1
     kwargs: dict[str, Any] = {
-        "controlnet_conditioning_scale": units[0].scale if one else [u.scale for u in units],
-        "control_guidance_start": units[0].start if one else [u.start for u in units],
-        "control_guidance_end": units[0].end if one else [u.end for u in units],
+        # floats: diffusers refuses an int weight (a preset or an API caller may send 1)
+        "controlnet_conditioning_scale": float(units[0].scale) if one else [float(u.scale) for u in units],
+        "control_guidance_start": float(units[0].start) if one else [float(u.start) for u in units],
+        "control_guidance_end": float(units[0].end) if one else [float(u.end) for u in units],
     }
     if resolved[0].net.union:
         kwargs.update(control_image=list(hints), control_mode=[r.mode for r in resolved])

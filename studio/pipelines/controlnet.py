@@ -35,6 +35,11 @@ class ControlNetRequest(Style, Model, Sampler, Size, Prompt, OptionalInitImage, 
             return self.num_inference_steps
         return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
 
+    def unused_fields(self) -> tuple[str, ...]:
+        """Without an initial image the strength plays no part (and A1111's readers would take
+        "Denoising strength" for image-to-image)."""
+        return ("strength",) if self.init_image is None else ()
+
     def infotext_extras(self) -> dict[str, str]:
         """The A1111 ControlNet extension's lines: ControlNet 0: "Module: depth, Model: …, Weight: 1, …"."""
         return {f"ControlNet {u.index}": (f"Module: {u.control_type}, Model: {u.model}, Weight: {u.scale:g}, "

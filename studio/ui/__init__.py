@@ -47,7 +47,8 @@ def wire_send_to(tabs: list[Tab], selector: gr.Tabs, active: gr.State) -> None:
     for source in tabs:
         for target in (t for t in tabs if t.image_input is not None):
             with source.send_row:
-                button = gr.Button(f"Send to {target.task.label.lower()}", size="sm",
+                name = target.task.label
+                button = gr.Button(f"Send to {name}", size="sm", min_width=90,
                                    elem_id=f"send-{source.task.name}-to-{target.task.name}")
 
             def send(selected: str | None, gallery: list | None, name: str = target.task.name):

@@ -48,7 +48,7 @@ def unit_panel(ctx: AppContext, declared: dict, initial: dict, suffix: str, titl
     with gr.Accordion(title, open=not suffix, elem_id=f"{PREFIX}unit{suffix or '_1'}"):
         with gr.Row():
             image = w("control_image", "image", height=260)
-            hint_editor = gr.ImageEditor(label="Hint: preview it, paint on it or upload your own", type="filepath",
+            hint_editor = gr.ImageEditor(label="Hint (preview, paint or upload)", type="filepath",
                                          format="png", height=260, sources=["upload", "clipboard"],
                                          brush=gr.Brush(colors=["#ffffff", "#000000"], default_size=4),
                                          elem_id=f"{PREFIX}hint{suffix}")

@@ -18,7 +18,7 @@ from studio.outputs import save_result_images
 from studio.results import Stopped
 from studio.ui.jobs import GPU, stream_job
 from studio.ui.tab import AppContext, Tab, status_html
-from studio.ui.widgets import api_function
+from studio.ui.widgets import api_function, api_order
 
 INPUT_ERRORS = (ValueError, ModelUnavailable)  # the user's to fix: a message, not a traceback
 # ... and a Stop pressed while the job still waited for the GPU (it made nothing): said as plainly.
@@ -34,11 +34,16 @@ def job_key(request: gr.Request | None, task: Any) -> str:
 
 
 def gallery_items(paths: list, result: Any) -> list:
-    """Saved images for the gallery; after a lens blur, the blurred ones first, then the sharp."""
-    if not result.originals:
-        return [str(p) for p in paths]
-    n, f_number = len(result.images), getattr(result.request, "aperture_f_number", None)
-    return [(str(p), f"f/{f_number:g} lens blur" if i < n else "sharp") for i, p in enumerate(paths)]
+    """Saved images for the gallery; after a lens blur, the blurred ones first, then the sharp;
+    kept ControlNet hints last."""
+    n, hints = len(result.images), len(result.hints)
+    images, captions = paths[:len(paths) - hints], [f"hint {i + 1}" for i in range(hints)]
+    if result.originals:
+        f_number = getattr(result.request, "aperture_f_number", None)
+        captions = [f"f/{f_number:g} lens blur" if i < n else "sharp" for i in range(len(images))] + captions
+    else:
+        captions = [None] * len(images) + captions
+    return [str(p) if c is None else (str(p), c) for p, c in zip(paths, captions)]
 
 
 def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Button, out: dict[str, Any]) -> None:
@@ -120,7 +125,8 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
     api_button = gr.Button(visible=False)
     doc = (f"{task.label}: returns the images (PNG files that carry their settings), the seed used and "
            f"the details. Parameters are the request's fields; omitted ones take the page's defaults.")
-    api_button.click(api_function(on_api, task.request, doc), list(tab.fields.values()), [gallery, api_seed, details],
+    api_inputs = [tab.fields[name] for name in api_order(task.request)]
+    api_button.click(api_function(on_api, task.request, doc), api_inputs, [gallery, api_seed, details],
                      api_name=task.name, show_progress="hidden", **gpu)
 
     def stop_job(request: gr.Request) -> None:

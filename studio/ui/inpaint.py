@@ -31,8 +31,11 @@ def read_editor(values: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(editor, dict):
         return out
     background = editor.get("background")
-    out["image"] = open_image(upload_path(background)) if background else None
-    if values.get("mask") is None and out["image"] is not None:
+    if not background:
+        raise ValueError("Image (image) is missing: open a picture in the editor, then paint over what to repaint "
+                         "(if the editor shows one already, open it again: it had not taken it in)")
+    out["image"] = open_image(upload_path(background))
+    if values.get("mask") is None:
         layers = [open_mask(upload_path(layer, "Mask (mask)")) for layer in editor.get("layers") or [] if layer]
         painted = masks.mask_from_editor({"layers": layers}, out["image"].size)
         if painted is None:

@@ -74,7 +74,8 @@ class Tab:
                 try:
                     parsed[name] = (open_mask if name == "mask" else open_image)(path)
                 except ValueError as exc:  # say which upload, when the task takes several
-                    raise ValueError(str(exc) if name == "image" else f"{label(name, spec)}: {exc}") from None
+                    several = sum(s.kind == "image" for s in declared.values()) > 1
+                    raise ValueError(f"{label(name, spec)}: {exc}" if several else str(exc)) from None
         return self.task.request(**parsed)
 
     def fill(self, request: Any, registry: Any) -> list:

@@ -70,6 +70,8 @@ def parse(spec: Spec, raw: Any) -> Any:
         return optional_number(raw)
     if spec.kind == "int":
         return integral(raw)
+    if spec.kind == "float" and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)  # a slider at a whole number sends 1, which diffusers' checks refuse as a weight
     if spec.kind == "text" and raw is None and spec.keep_if_null:
         return ""  # an empty box (an API caller's None) is empty text
     return raw
@@ -101,19 +103,29 @@ def _pair(value: Any) -> Any:
     return tuple(integral(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+def api_order(request_type: type) -> list[str]:
+    """The API's parameter order: the essential inputs first (they have no default), then the rest
+    in declaration order."""
+    declared = specs(request_type)
+    return sorted(declared, key=lambda name: not declared[name].essential)
+
+
 def api_function(fn: Callable[..., Any], request_type: type, doc: str) -> Callable[..., Any]:
     """`fn(values: dict, progress, request)` as a Gradio handler whose parameters are the request's
     fields by name: Gradio reads the API's parameter names from this signature, and their defaults
     from the widgets' initial values (which come from the same declarations)."""
-    names = list(specs(request_type))
+    names = api_order(request_type)
 
     def handler(*args):
         *values, request, progress = args
         return fn(dict(zip(names, values)), progress, request)
 
+    # Gradio gives a parameter its widget's initial value as the default, or None when the widget
+    # starts empty and the signature says None (an optional image): all but the essential ones.
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    params = [inspect.Parameter(n, kind) for n in names]
-    params += [inspect.Parameter("request", kind, annotation=gr.Request),
+    declared = specs(request_type)
+    params = [inspect.Parameter(n, kind, **({} if declared[n].essential else {"default": None})) for n in names]
+    params += [inspect.Parameter("request", kind, default=None, annotation=gr.Request),
                inspect.Parameter("progress", kind, default=gr.Progress())]
     handler.__signature__ = inspect.Signature(params)
     handler.__annotations__ = {"request": gr.Request}
