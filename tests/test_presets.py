@@ -80,7 +80,8 @@ def test_preset_round_trips(registry, tmp_path):
 def test_camera_section(registry):
     camera = preset_dict()["camera"]
     assert camera == {"camera_pitch": 12.5, "focal_length_mm": 35.0, "aperture_f_number": 2.8, "focus_distance_m": 3.0,
-                      "dof_mode": "prompt", "horizon_strength": 0.8}
+                      "dof_mode": "prompt", "horizon_strength": 0.8, "horizon_control": False,
+                      "horizon_control_weight": 0.6}
     no_camera = preset_dict()
     del no_camera["camera"]  # presets written before the camera existed: every control off
     request = P.preset_request(P.parse_preset(json.dumps(no_camera), registry), registry)
@@ -226,7 +227,7 @@ def test_not_a_png(tmp_path):
         (preset_dict(model="sd3"), "unknown model 'sd3'; expected one of"),
         (preset_dict(model="sdxl-vae-fp16-fix"), "Model (model) must be a base model that can do txt2img"),
         (preset_dict(model="sdxl-base"), "Width (width) must be an integer in [256, 2048], got 96"),  # family limits
-        (preset_dict(task="upscale"), "task must be one of ['txt2img', 'img2img'], got 'upscale'"),
+        (preset_dict(task="upscale"), "task must be one of ['txt2img', 'img2img', 'controlnet', 'inpaint', 'outpaint'], got 'upscale'"),
         (preset_dict(task="img2img"), "txt2img: Extra inputs are not permitted"),  # its sections must match
         (preset_dict(**{"camera.camera_pitch": 90}), "camera.camera_pitch: Input should be less than or equal to 60"),
         (preset_dict(**{"camera.aperture_f_number": "1.8"}), "camera.aperture_f_number: Input should be a valid number"),
@@ -324,3 +325,28 @@ def test_an_image_to_image_preset_round_trips(registry):
     preset = P.parse_preset(P.preset_json(P.preset_from_request(request, name="Repaint")), registry)
     assert preset.task == "img2img" and preset.img2img.strength == 0.4
     assert P.preset_request(preset, registry) == request  # the input image is not a setting: None both
+
+
+def test_control_units_go_in_their_own_sections_without_their_images(registry):
+    from studio.pipelines.controlnet import ControlNetRequest
+
+    request = ControlNetRequest(prompt="a fox", model="tiny", width=64, height=64, control_image=Image.new("RGB", (8, 8)),
+                                control_type="canny", controlnet_model="tiny-controlnet-canny",
+                                controlnet_conditioning_scale=0.7, control_guidance_end=0.8, canny_low_threshold=50,
+                                control_type_2="depth", controlnet_conditioning_scale_2=1.2)
+    preset = P.preset_from_request(request, name="Edges")
+    doc = json.loads(P.preset_json(preset))
+    assert doc["task"] == "controlnet"
+    assert doc["control"] == {"type": "canny", "model": "tiny-controlnet-canny", "weight": 0.7, "guidance_start": 0.0,
+                              "guidance_end": 0.8, "resize_mode": "crop and resize", "canny_low": 50,
+                              "canny_high": 200}
+    assert doc["control_2"]["type"] == "depth" and doc["control_2"]["weight"] == 1.2
+    assert "image" not in json.dumps(doc["control"]) and "control_image" not in json.dumps(doc)
+    again = P.preset_request(P.parse_preset(P.preset_json(preset), registry), registry, "a fox")
+    assert again.control_unit() == request.replace(control_image=None).control_unit()
+    bad = dict(doc, control=dict(doc["control"], weight=2.5))
+    with pytest.raises(ValueError, match=r"control.weight"):
+        P.parse_preset(json.dumps(bad), registry)
+    mismatched = dict(doc, control=dict(doc["control"], guidance_start=0.9, guidance_end=0.2))
+    with pytest.raises(ValueError, match=r"must be below Control end"):
+        P.parse_preset(json.dumps(mismatched), registry)
