@@ -75,10 +75,6 @@ class ControlNetRequest(Style, Model, Sampler, Size, Prompt, OptionalInitImage, 
                 out[f"control_resize_mode{s}"] = mode
         return out
 
-    def check(self, registry: Any, entry: Any) -> None:
-        if not self.control_unit().active:
-            raise ValueError("Control image (control_image) is missing: upload a photo to make the hint from, "
-                             "or a ready-made hint")
 
 
 def run(request: ControlNetRequest, models: Any, on_step: StepCallback | None = None) -> Result:
@@ -89,6 +85,9 @@ def run(request: ControlNetRequest, models: Any, on_step: StepCallback | None = 
 
     # 1. Check inputs and pick each unit's ControlNet (before anything is loaded or changed)
     request.validate(models.registry)
+    if not request.control_unit().active:  # an input, not a setting: presets validate without it
+        raise ValueError("Control image (control_image) is missing: upload a photo to make the hint from, "
+                         "or a ready-made hint")
     entry = models.registry.get(request.model)
     resolved = resolve_units(models.registry, entry, request.control_units())
     # The request as run names the ControlNets picked for it, so its PNG remakes it exactly.
