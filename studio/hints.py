@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from studio.groups import CONTROL_TYPES  # noqa: F401  (declared with the control unit's fields)
+from studio.groups_control import CONTROL_TYPES  # noqa: F401  (declared with the control unit's fields)
 from studio.images import resize_image
 
 CONTROL_TYPE_HELP = {

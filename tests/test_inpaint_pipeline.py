@@ -110,3 +110,29 @@ def test_outpaint_keeps_the_original_and_grows_the_canvas(manager):
     assert result.details.inpaint.mode == "outpaint"
     with pytest.raises(ValueError, match=r"at least one pixel"):
         outpaint(OutpaintRequest(**BASE, image=image, left=0, right=0, top=0, bottom=0), manager)
+
+
+def test_a_controlnet_unit_steers_the_repainted_area_only(manager):
+    image = photo()
+    plain = run(InpaintRequest(**BASE, image=image, mask=box_mask(), mask_blur=0), manager)
+    steered = run(InpaintRequest(**BASE, image=image, mask=box_mask(), mask_blur=0, control_image=image,
+                                 control_type="canny", controlnet_conditioning_scale=2.0), manager)
+    assert steered.details.control[0].controlnet == "tiny-controlnet-canny"
+    assert plain.details.control is None
+    outside = ~np.asarray(box_mask(), dtype=bool)
+    assert not changed(steered.images[0], image)[outside].any()
+    assert changed(steered.images[0], plain.images[0]).any()
+    # Only masked: the hint is made for the whole image and cut to the window, at the working size
+    window = run(InpaintRequest(**BASE, image=image, mask=box_mask(), inpaint_only_masked=True, padding=4,
+                                control_image=image, control_type="canny"), manager)
+    assert window.details.control[0].hint_size == window.details.inpaint.working_size
+
+
+def test_union_repaint_stacks_with_a_union_unit_but_not_with_a_single_one(manager):
+    both = run(InpaintRequest(**BASE, image=photo(), mask=box_mask(), inpaint_model="tiny-controlnet-union",
+                              control_image=photo(), control_type="depth", controlnet_model="tiny-controlnet-union"),
+               manager)
+    assert [u.control_mode for u in both.details.control] == [1]  # the user's unit; the repaint unit is the model
+    with pytest.raises(ValueError, match=r"(?i)union"):
+        run(InpaintRequest(**BASE, image=photo(), mask=box_mask(), inpaint_model="tiny-controlnet-union",
+                           control_image=photo(), control_type="canny"), manager)

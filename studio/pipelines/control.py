@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from studio.groups import ControlUnit, check_controlnet, pick_controlnet
+from studio.groups_control import ControlUnit, check_controlnet, pick_controlnet
 from studio.results import ControlUnitDetails
 
 

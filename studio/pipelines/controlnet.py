@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from studio.fields import field
+from studio.groups import Model, Prompt, Sampler, Size, Style
+from studio.groups_control import FirstControlUnit, OptionalInitImage, SecondControlUnit
 from studio.images import RESIZE_MODES
-from studio.groups import FirstControlUnit, Model, OptionalInitImage, Prompt, Sampler, SecondControlUnit, Size, Style
 from studio.results import Details, InputImageDetails, Result, StepCallback
 
 
@@ -52,7 +53,7 @@ class ControlNetRequest(Style, Model, Sampler, Size, Prompt, OptionalInitImage, 
         """Unit settings from those lines (A1111's module names such as depth_midas or
         lineart_realistic map to their kind; its model names, which Studio's registry lacks, to
         "" so the model's family picks one)."""
-        from studio.groups import CONTROL_TYPES
+        from studio.groups_control import CONTROL_TYPES
 
         out: dict[str, Any] = {}
         for index, s in ((0, ""), (1, "_2")):
@@ -79,8 +80,20 @@ class ControlNetRequest(Style, Model, Sampler, Size, Prompt, OptionalInitImage, 
 
 def run(request: ControlNetRequest, models: Any, on_step: StepCallback | None = None) -> Result:
     """Generate `request.batch_size` images steered by the request's active control units."""
-    from studio.pipelines.control import control_kwargs, make_hint, resolve_units, unit_details
-    from studio.pipelines.sampling import make_generators, prompt_inputs, resolve_seed, seeds_for, step_callback, waiting
+    from studio.pipelines.control import (
+        control_kwargs,
+        make_hint,
+        resolve_units,
+        unit_details,
+    )
+    from studio.pipelines.sampling import (
+        make_generators,
+        prompt_inputs,
+        resolve_seed,
+        seeds_for,
+        step_callback,
+        waiting,
+    )
     from studio.schedulers import make_scheduler
 
     # 1. Check inputs and pick each unit's ControlNet (before anything is loaded or changed)
@@ -144,7 +157,7 @@ def control_hint(models: Any, image: Any, control_type: str, low_threshold: int 
                  width: int | None = None, height: int | None = None, resize_mode: str = "crop and resize") -> Any:
     """The hint a unit makes from `image` (the page's preview and `/control_hint`): at width ×
     height by the resize rule when given, else at the image's aspect and at most a megapixel."""
-    from studio.groups import CONTROL_TYPES, ControlUnit
+    from studio.groups_control import CONTROL_TYPES, ControlUnit
     from studio.images import RESIZE_MODES, fit_size
     from studio.pipelines.control import make_hint
 

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from studio.groups import InpaintMask, Model, Prompt, Repaint, Sampler, Style
+from studio.groups_control import OptionalControlUnit
 from studio.results import Details, InpaintDetails, Result, StepCallback
 
 UNION_MASKED = 0  # the Union model's repaint hint: the image with masked pixels black (model card)
 
 
 @dataclass(frozen=True, kw_only=True)
-class InpaintRequest(Style, Model, Sampler, Prompt, Repaint, InpaintMask):
+class InpaintRequest(Style, Model, Sampler, Prompt, Repaint, OptionalControlUnit, InpaintMask):
     TASK: ClassVar[str] = "inpaint"
 
     @property
@@ -70,8 +71,17 @@ def repaint(request: Any, models: Any, on_step: StepCallback | None, plan: Plan)
     from PIL import Image
 
     from studio import masks
+    from studio.groups_control import ControlUnit
     from studio.images import fit_size
-    from studio.pipelines.sampling import make_generators, prompt_inputs, resolve_seed, seeds_for, step_callback, waiting
+    from studio.pipelines.control import Resolved, control_kwargs, resolve_units, unit_details
+    from studio.pipelines.sampling import (
+        make_generators,
+        prompt_inputs,
+        resolve_seed,
+        seeds_for,
+        step_callback,
+        waiting,
+    )
     from studio.schedulers import make_scheduler
 
     registry = models.registry
@@ -90,18 +100,27 @@ def repaint(request: Any, models: Any, on_step: StepCallback | None, plan: Plan)
     source = Image.fromarray(masks.fill_masked(crop, window_mask, plan.masked_content)).resize(size, Image.LANCZOS)
     mask_image = Image.fromarray(window_mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)
     # 4. Which model repaints: the base model's inpaint pipeline, a checkpoint, or a Union ControlNet
+    #    (in repaint mode: a unit of its own, whose hint is the window with the masked pixels black);
+    #    then the request's own ControlNet unit, if it has one
     helper = registry.get(request.inpaint_model) if request.inpaint_model else None
-    model, nets, extra = request.model, [], {}
+    model, controls = request.model, []
     if helper is not None and helper.role == "inpaint":
         model = helper.name
     elif helper is not None:
         hint = np.asarray(source).copy()
         hint[np.asarray(mask_image) > 127] = UNION_MASKED
-        nets, extra = [helper.name], dict(control_image=[Image.fromarray(hint)],
-                                          control_mode=[helper.control_modes["inpaint"]])
+        repaint_unit = ControlUnit(-1, None, Image.fromarray(hint), "inpaint", helper.name, 1.0, 0.0, 1.0,
+                                   "just resize", 100, 200)
+        controls.append(Resolved(repaint_unit, helper))
+    if hasattr(request, "control_unit"):
+        controls += resolve_units(registry, entry, [request.control_unit()])
 
-    with models.lease(model, "inpaint", controlnets=nets, on_wait=waiting(on_step, request.steps_run)) as lease:
+    with models.lease(model, "inpaint", controlnets=[c.net.name for c in controls],
+                      on_wait=waiting(on_step, request.steps_run)) as lease:
         pipe = lease.pipe
+        # The units' hints: made for the whole image, then cut to the window at the working size
+        hints = [window_hint(c.unit, plan, size, lease) for c in controls]
+        extra = control_kwargs(controls, hints, "control_image") if controls else {}
         pipe.scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
         prompt_kwargs, prompt_details = prompt_inputs(pipe, prompt, negative_prompt)
         # 5. Denoise the window (diffusers keeps the unmasked latents on the noised original)
@@ -125,7 +144,23 @@ def repaint(request: Any, models: Any, on_step: StepCallback | None, plan: Plan)
     inpaint = InpaintDetails(mode=plan.mode, inpaint_model=request.inpaint_model or f"{request.model} (its own)",
                              window=list(plan.window), working_size=list(size),
                              mask_coverage=round(masks.mask_coverage(plan.mask), 4), output_size=list(plan.image.size))
-    details = Details(family=entry.family, repo_id=entry.repo_id, prompt_encoding=prompt_details, inpaint=inpaint)
+    units = [(c, h) for c, h in zip(controls, hints) if c.unit.index >= 0]
+    details = Details(family=entry.family, repo_id=entry.repo_id, prompt_encoding=prompt_details, inpaint=inpaint,
+                      control=unit_details([c for c, _ in units], [h for _, h in units]) or None)
     return Result(request=request, images=images, seeds=seeds_for(request.seed, request.batch_size), prompt=prompt,
                   negative_prompt=negative_prompt, steps_done=status["steps_done"], total_steps=request.steps_run,
                   interrupted=status["interrupted"], details=details)
+
+
+def window_hint(unit: Any, plan: Plan, size: tuple[int, int], lease: Any) -> Any:
+    """A unit's hint for the repainted window at the working size: the Union repaint hint is made
+    for the window already; a ControlNet unit's hint is made for the whole image (so it lines up
+    with it, by the unit's resize rule) and cut to the window."""
+    from PIL import Image
+
+    from studio.pipelines.control import make_hint
+
+    if unit.index < 0:
+        return unit.hint.resize(size, Image.Resampling.LANCZOS)
+    width, height = plan.image.size
+    return make_hint(unit, width, height, lease).crop(plan.window).resize(size, Image.Resampling.LANCZOS)

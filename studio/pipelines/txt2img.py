@@ -5,9 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from studio.groups import (Camera, HorizonControl, MicroConditioning, Model, Prompt, Sampler, Size, Style,
-                           usable_controlnets)
-from studio.results import DepthOfFieldDetails, Details, HorizonDetails, Result, StepCallback
+from studio.groups import Camera, MicroConditioning, Model, Prompt, Sampler, Size, Style
+from studio.groups_control import HorizonControl, usable_controlnets
+from studio.results import (
+    DepthOfFieldDetails,
+    Details,
+    HorizonDetails,
+    Result,
+    StepCallback,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,7 +31,14 @@ def run(request: Txt2ImgRequest, models: Any, on_step: StepCallback | None = Non
     """Generate `request.batch_size` images for `request` with the model manager `models`."""
     from studio.pipelines import camera
     from studio.pipelines.conditioning import micro_conditioning_arguments
-    from studio.pipelines.sampling import make_generators, prompt_inputs, resolve_seed, seeds_for, step_callback, waiting
+    from studio.pipelines.sampling import (
+        make_generators,
+        prompt_inputs,
+        resolve_seed,
+        seeds_for,
+        step_callback,
+        waiting,
+    )
     from studio.schedulers import make_scheduler
 
     # 1. Check inputs (before anything is loaded or changed)

@@ -6,9 +6,16 @@ from typing import Any
 
 import gradio as gr
 
-from studio.camera import SENSOR_LONG_MM, depth_of_field_limits_m, focal_length_px, fov_degrees, horizon_row
+from studio.camera import (
+    SENSOR_LONG_MM,
+    depth_of_field_limits_m,
+    focal_length_px,
+    fov_degrees,
+    horizon_row,
+)
 from studio.fields import defaults
-from studio.groups import DOF_MODES, Camera, HorizonControl, usable_controlnets
+from studio.groups import DOF_MODES, Camera
+from studio.groups_control import HorizonControl, usable_controlnets
 from studio.ui.widgets import optional_number, widget
 
 HELP = (

@@ -1,6 +1,7 @@
 """The inpainting tab: paint a mask over the image in the editor (or upload one: white = repaint),
-then repaint just that region; every pixel outside the feathered mask stays exactly as it was.
-`/inpaint` takes `image` and `mask` as files and the request's other fields by name."""
+then repaint just that region; every pixel outside the feathered mask stays exactly as it was. An
+optional ControlNet unit keeps depth or edges while repainting. `/inpaint` takes `image` and
+`mask` as files and the request's other fields by name."""
 
 from __future__ import annotations
 
@@ -14,8 +15,14 @@ from studio import masks
 from studio.fields import defaults, specs
 from studio.images import open_image, open_mask
 from studio.tasks import TASKS
+from studio.ui.control_unit import controlnet_choices, editor_hint, unit_panel, wire_preview
 from studio.ui.generate import wire_generate
-from studio.ui.repaint import model_row, repaint_panel, wire_inpaint_models, wire_model_defaults
+from studio.ui.repaint import (
+    model_row,
+    repaint_panel,
+    wire_inpaint_models,
+    wire_model_defaults,
+)
 from studio.ui.tab import AppContext, Tab, results, sampler, style, upload_path
 from studio.ui.widgets import widget
 
@@ -71,6 +78,8 @@ def build_tab(ctx: AppContext) -> Tab:
                 padding = widget(declared["padding"], initial["padding"], f"{PREFIX}padding")
             model = model_row(ctx, TASK, PREFIX)
             samp = sampler(ctx, TASK, PREFIX)
+            unit = unit_panel(ctx, declared, initial, "", "ControlNet (optional: keep depth or edges while repainting)",
+                              PREFIX, open=False)
             styles = style(ctx, TASK, PREFIX)
         with gr.Column(scale=3):
             out = results(PREFIX)
@@ -78,11 +87,18 @@ def build_tab(ctx: AppContext) -> Tab:
 
     widgets = dict(image=image, mask=mask, prompt=prompt, negative_prompt=negative_prompt, mask_grow=mask_grow,
                    masked_content=masked_content, inpaint_only_masked=only_masked, padding=padding, model=model,
-                   **repaint, **samp, **styles)
+                   **repaint, **samp, **styles, **unit)
     fields = {name: widgets[name] for name in declared}
+
+    def read_page(values: dict[str, Any]) -> dict[str, Any]:
+        return {**read_editor(values), "control_hint": editor_hint(values["control_hint"])}
+
     tab = Tab(TASK, fields, [], out["gallery"], out["selected"], out["send_row"], image_input=editor,
-              page_fields={**fields, "image": editor}, read_page=read_editor)
+              page_fields={**fields, "image": editor, "control_hint": unit["hint_editor"]}, read_page=read_page)
     wire_generate(tab, ctx, generate, stop, out)
     wire_model_defaults(registry, model, samp, out["used_seed"])
     wire_inpaint_models(registry, model, repaint["inpaint_model"])
+    wire_preview(ctx, unit, "", [], out["status"])
+    model.change(lambda m: gr.update(choices=controlnet_choices(registry, m)), model, unit["controlnet_model"],
+                 queue=False, api_visibility="private")
     return tab

@@ -8,7 +8,12 @@ import gradio as gr
 from studio.fields import defaults, specs
 from studio.tasks import TASKS
 from studio.ui.generate import wire_generate
-from studio.ui.repaint import model_row, repaint_panel, wire_inpaint_models, wire_model_defaults
+from studio.ui.repaint import (
+    model_row,
+    repaint_panel,
+    wire_inpaint_models,
+    wire_model_defaults,
+)
 from studio.ui.tab import AppContext, Tab, results, sampler, style
 from studio.ui.widgets import widget
 
