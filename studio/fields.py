@@ -43,6 +43,12 @@ def field(default: Any, label: str, kind: Kind, **spec: Any) -> Any:
     return dataclasses.field(default=default, metadata={"spec": Spec(label, kind, **spec)})
 
 
+def redefault(group: type, name: str, default: Any) -> Any:
+    """Field `name` of `group` as declared there, with another default (a task's own choice)."""
+    declared = {f.name: f for f in dataclasses.fields(group)}[name]
+    return dataclasses.field(default=default, metadata=declared.metadata)
+
+
 def specs(request_type: type) -> dict[str, Spec]:
     """Every declared field of a request type, in field order."""
     return {f.name: f.metadata["spec"] for f in dataclasses.fields(request_type) if "spec" in f.metadata}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from studio.fields import redefault
 from studio.groups import Extend, Model, Prompt, Repaint, Sampler, Style
 from studio.results import Result, StepCallback
 
@@ -18,6 +19,8 @@ from studio.results import Result, StepCallback
 class OutpaintRequest(Style, Model, Sampler, Prompt, Repaint, Extend):
     TASK: ClassVar[str] = "outpaint"
     NEEDS: ClassVar[str] = "inpaint"
+    # The new area has nothing to keep: by default it is painted from pure noise.
+    strength: float = redefault(Repaint, "strength", 1.0)
 
     @property
     def steps_run(self) -> int:
