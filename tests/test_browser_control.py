@@ -141,3 +141,27 @@ def test_an_empty_mask_is_a_message_not_a_generation(app, page, scene):
     expect(page.locator("#inpaint-status .status")).to_contain_text("Mask (mask) is empty",
                                                                     timeout=GENERATION_TIMEOUT_MS)
     assert output_pngs(outputs) == before
+
+
+def test_a_controlnet_png_restores_its_units_in_the_controlnet_tab(app, page, scene):
+    from gradio_client import Client, handle_file
+    from playwright.sync_api import expect
+
+    url, outputs = app
+    gallery, _, _ = Client(url, verbose=False).predict(
+        control_image=handle_file(str(scene)), control_type="canny", controlnet_conditioning_scale=0.7,
+        control_guidance_end=0.8, canny_low_threshold=40, prompt="a red house", api_name="/controlnet")
+    png = gallery[0]["image"]
+    page.goto(url)
+    expect(page.locator("#prompt textarea")).to_be_visible()
+    page.get_by_text("Save a preset").first.click()
+    page.locator("#png-settings input[type=file]").set_input_files(png)
+    expect(page.locator("#preset-status")).to_contain_text("Loaded the settings of an image made by Studio")
+    expect(page.get_by_role("tab", name="ControlNet", exact=True)).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#controlnet-prompt textarea")).to_have_value("a red house")
+    expect(page.locator("#controlnet-type input")).to_have_value("canny")
+    expect(page.locator("#controlnet-weight input[type=number]")).to_have_value("0.7")
+    expect(page.locator("#controlnet-end input[type=number]")).to_have_value("0.8")
+    expect(page.locator("#controlnet-canny-low input[type=number]")).to_be_visible()
+    expect(page.locator("#controlnet-canny-low input[type=number]")).to_have_value("40")
+    assert not page.page_errors
