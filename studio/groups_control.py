@@ -114,6 +114,10 @@ def check_controlnet(registry: Any, entry: Any, name: str, control_type: str, fi
     if not same_kind(entry, net):
         raise ValueError(f"ControlNet ({field_name}) {name!r} does not fit {entry.name!r}: built-in test models "
                          f"take only built-in ControlNets and real models real ones; pick one of {choices}")
+    if control_type == "none" and net.union:
+        raise ValueError(f"ControlNet ({field_name}) {name!r} is a Union model, which must be told what a hint shows: "
+                         f"choose the control type it is (one of {net.control_types}) and give your ready-made hint "
+                         f"as the Hint (control_hint{field_name.removeprefix('controlnet_model')})")
     if control_type != "none" and control_type not in net.control_types:
         raise ValueError(f"ControlNet ({field_name}) {name!r} takes {net.control_types} hints, not {control_type!r}")
     return net

@@ -148,6 +148,7 @@ def test_control_hint_preview(manager):
     (dict(controlnet_model="tiny", control_type="none"), r"must be a ControlNet"),
     (dict(control_image_2=photo(), controlnet_model_2="tiny-controlnet-union"), r"all use single-condition"),
     (dict(canny_low_threshold=220), r"must not exceed the high threshold"),
+    (dict(control_type="none", controlnet_model="tiny-controlnet-union"), r"Union model, which must be told"),
 ])
 def test_bad_units_are_refused_before_anything_runs(manager, changes, message):
     with pytest.raises(ValueError, match=message):

@@ -25,10 +25,8 @@ class Resolved:
     @property
     def mode(self) -> int | None:
         """The Union model's control_mode for this unit (None for a single-condition ControlNet)."""
-        if not self.net.union:
-            return None
-        kind = self.unit.control_type if self.unit.control_type != "none" else self.net.control_types[0]
-        return self.net.control_modes[kind]
+        # (a Union unit always names its control type: check_controlnet refuses "none" for one)
+        return self.net.control_modes[self.unit.control_type] if self.net.union else None
 
     @property
     def suffix(self) -> str:
