@@ -60,7 +60,7 @@ def open_tab(page, url: str, name: str) -> None:
     from playwright.sync_api import expect
 
     page.goto(url)
-    expect(page.locator("#prompt textarea")).to_be_visible()
+    expect(page.locator("#prompt textarea")).to_be_visible(timeout=UI_TIMEOUT_MS)
     page.get_by_role("tab", name=name, exact=True).click()
     # Gradio's image editor ignores a picture opened in its first moments on screen (it shows it,
     # but its value stays empty); a person never opens one that fast.
@@ -153,7 +153,7 @@ def test_a_controlnet_png_restores_its_units_in_the_controlnet_tab(app, page, sc
         control_guidance_end=0.8, canny_low_threshold=40, prompt="a red house", api_name="/controlnet")
     png = gallery[0]["image"]
     page.goto(url)
-    expect(page.locator("#prompt textarea")).to_be_visible()
+    expect(page.locator("#prompt textarea")).to_be_visible(timeout=UI_TIMEOUT_MS)
     page.get_by_text("Save a preset").first.click()
     page.locator("#png-settings input[type=file]").set_input_files(png)
     expect(page.locator("#preset-status")).to_contain_text("Loaded the settings of an image made by Studio")
@@ -165,3 +165,22 @@ def test_a_controlnet_png_restores_its_units_in_the_controlnet_tab(app, page, sc
     expect(page.locator("#controlnet-canny-low input[type=number]")).to_be_visible()
     expect(page.locator("#controlnet-canny-low input[type=number]")).to_have_value("40")
     assert not page.page_errors
+
+
+def test_a_previewed_hint_does_not_outlive_its_control_type(app, page, scene):
+    from playwright.sync_api import expect
+
+    url, outputs = app
+    open_tab(page, url, "ControlNet")
+    upload(page, "#controlnet-image input[type=file]", scene)
+    page.locator("#controlnet-preview").click()
+    expect(page.locator("#controlnet-status .status")).to_contain_text("Hint ready (depth",
+                                                                      timeout=GENERATION_TIMEOUT_MS)
+    page.locator("#controlnet-type input").click()
+    page.get_by_role("option", name="canny").click()
+    expect(page.locator("#controlnet-canny-low input[type=number]")).to_be_visible()
+    before = output_pngs(outputs)
+    page.locator("#controlnet-generate").click()
+    expect(page.locator("#controlnet-status .status")).to_contain_text("Done", timeout=GENERATION_TIMEOUT_MS)
+    unit = json.loads(Image.open((output_pngs(outputs) - before).pop()).text["studio"])["details"]["control"][0]
+    assert (unit["control_type"], unit["controlnet"], unit["hint_given"]) == ("canny", "tiny-controlnet-canny", False)

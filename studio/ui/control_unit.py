@@ -61,6 +61,10 @@ def unit_panel(ctx: AppContext, declared: dict, initial: dict, suffix: str, titl
         hint = w("control_hint", "hint-api", visible=False)  # the API's hint: a plain file
     control_type.change(lambda t: [gr.update(visible=t == "canny")] * 2, control_type, [low, high], queue=False,
                         api_visibility="private")
+    # A hint made from another picture, or by another preprocessor, would be used silently: a new
+    # control image, or a control type the user picks, clears it (Preview hint makes it again).
+    image.change(lambda: None, None, hint_editor, queue=False, api_visibility="private")
+    control_type.input(lambda: None, None, hint_editor, queue=False, api_visibility="private")
     return {n + suffix: v for n, v in dict(
         control_image=image, control_hint=hint, control_type=control_type, controlnet_model=model,
         controlnet_conditioning_scale=weight, control_guidance_start=start, control_guidance_end=end,
