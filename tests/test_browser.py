@@ -46,8 +46,11 @@ if (_missing := _browser_missing()) is not None:
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # The page builds five tabs before it shows anything: on a busy two-core machine that can take
+    # longer than Playwright's 5 s default, so assertions wait as long as other UI steps.
+    expect.set_options(timeout=UI_TIMEOUT_MS)
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
