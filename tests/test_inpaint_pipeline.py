@@ -118,6 +118,7 @@ def test_a_controlnet_unit_steers_the_repainted_area_only(manager):
     steered = run(InpaintRequest(**BASE, image=image, mask=box_mask(), mask_blur=0, control_image=image,
                                  control_type="canny", controlnet_conditioning_scale=2.0), manager)
     assert steered.details.control[0].controlnet == "tiny-controlnet-canny"
+    assert steered.request.controlnet_model == "tiny-controlnet-canny" and plain.request.controlnet_model == ""
     assert plain.details.control is None
     outside = ~np.asarray(box_mask(), dtype=bool)
     assert not changed(steered.images[0], image)[outside].any()

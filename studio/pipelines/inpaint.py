@@ -113,7 +113,10 @@ def repaint(request: Any, models: Any, on_step: StepCallback | None, plan: Plan)
                                    "just resize", 100, 200)
         controls.append(Resolved(repaint_unit, helper))
     if hasattr(request, "control_unit"):
-        controls += resolve_units(registry, entry, [request.control_unit()])
+        own = resolve_units(registry, entry, [request.control_unit()])
+        controls += own
+        if own:  # the request as run names the ControlNet picked for it
+            request = request.replace(controlnet_model=own[0].net.name)
 
     with models.lease(model, "inpaint", controlnets=[c.net.name for c in controls],
                       on_wait=waiting(on_step, request.steps_run)) as lease:
