@@ -108,3 +108,17 @@ def test_restored_settings_bound_the_size_sliders_by_their_model(manager, tmp_pa
     assert (updates["width"]["value"], updates["width"]["minimum"], updates["width"]["maximum"]) == (1344, 256, 2048)
     assert (updates["height"]["minimum"], updates["height"]["maximum"]) == (256, 2048)
     assert updates["num_inference_steps"] == 30  # other fields are plain values
+
+
+def test_every_element_id_on_the_page_is_unique(registry, tiny_cache, tmp_path):
+    """Tests, styles and users' scripts find widgets by element id: one id, one widget."""
+    from collections import Counter
+
+    from studio.models.manager import ModelManager
+    from studio.ui import build_app
+
+    manager = ModelManager(registry, cache_dir=tiny_cache)
+    demo = build_app(manager, "tiny", tmp_path / "outputs", tmp_path / "presets")
+    ids = Counter(block.elem_id for block in demo.blocks.values() if getattr(block, "elem_id", None))
+    assert [i for i, n in ids.items() if n > 1] == []
+    assert {"controlnet-model", "controlnet-net", "inpaint-control-net", "inpaint-editor"} <= set(ids)

@@ -40,14 +40,14 @@ def unit_panel(ctx: AppContext, declared: dict, initial: dict, suffix: str, titl
 
     with gr.Accordion(title, open=open, elem_id=f"{prefix}unit{suffix or '_1'}"):
         with gr.Row():
-            image = w("control_image", "image", height=260)
+            image = w("control_image", "image", height=320)
             hint_editor = gr.ImageEditor(label="Hint (preview, paint or upload)", type="filepath",
-                                         format="png", height=260, sources=["upload", "clipboard"],
+                                         format="png", height=320, sources=["upload", "clipboard"],
                                          brush=gr.Brush(colors=["#ffffff", "#000000"], default_size=4),
                                          elem_id=f"{prefix}hint{suffix}")
         with gr.Row(equal_height=True):
             control_type = w("control_type", "type")
-            model = w("controlnet_model", "model", choices=controlnet_choices(ctx.manager.registry, ctx.default_model))
+            model = w("controlnet_model", "net", choices=controlnet_choices(ctx.manager.registry, ctx.default_model))
             preview = gr.Button("Preview hint", size="sm", elem_id=f"{prefix}preview{suffix}", min_width=120)
         with gr.Row():
             weight = w("controlnet_conditioning_scale", "weight")

@@ -43,7 +43,7 @@ UNITS = (("", "Control unit 1"), ("_2", "Control unit 2 (stacked; off without an
 def build_tab(ctx: AppContext) -> Tab:
     registry, declared, initial = ctx.manager.registry, specs(TASK.request), defaults(TASK.request)
     with gr.Row():
-        with gr.Column(scale=2):
+        with gr.Column(scale=3):
             units = [unit_panel(ctx, declared, initial, s, title, PREFIX, open=not s) for s, title in UNITS]
             prompt = widget(declared["prompt"], None, f"{PREFIX}prompt", lines=3, info=None,
                             placeholder="What the image should show; the hints decide where")
@@ -59,7 +59,7 @@ def build_tab(ctx: AppContext) -> Tab:
                 strength = widget(declared["strength"], initial["strength"], f"{PREFIX}strength")
             styles = style(ctx, TASK, PREFIX)
             save_hints = widget(declared["save_hints"], initial["save_hints"], f"{PREFIX}save-hints")
-        with gr.Column(scale=3):
+        with gr.Column(scale=2):
             out = results(PREFIX)
 
     widgets = dict(prompt=prompt, negative_prompt=negative_prompt, init_image=init_image, strength=strength,

@@ -79,7 +79,7 @@ def build_tab(ctx: AppContext) -> Tab:
             model = model_row(ctx, TASK, PREFIX)
             samp = sampler(ctx, TASK, PREFIX)
             unit = unit_panel(ctx, declared, initial, "", "ControlNet (optional: keep depth or edges while repainting)",
-                              PREFIX, open=False)
+                              f"{PREFIX}control-", open=False)
             styles = style(ctx, TASK, PREFIX)
         with gr.Column(scale=3):
             out = results(PREFIX)
