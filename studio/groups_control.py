@@ -131,8 +131,9 @@ def pick_controlnet(registry: Any, entry: Any, control_type: str, suffix: str = 
                          f"of {[m.name for m in usable_controlnets(registry, entry)]}")
     found = usable_controlnets(registry, entry, control_type)
     if not found:
-        raise ValueError(f"Control type ({'control_type' + suffix}) {control_type!r} needs a ControlNet for "
-                         f"{entry.family!r} models, and the registry has none")
+        raise ValueError(f"Control type ({'control_type' + suffix}) {control_type!r} needs a ControlNet that fits "
+                         f"{entry.name!r} ({entry.family}), and the registry has none; types it has ControlNets for: "
+                         f"{sorted({t for m in usable_controlnets(registry, entry) for t in m.control_types})}")
     return found[0]
 
 
@@ -160,8 +161,8 @@ class HorizonControl(Request):
             raise ValueError("Camera → horizon control (horizon_control) needs a pitch: set Pitch (camera_pitch), "
                              "0 for a level camera")
         if not usable_controlnets(registry, entry, "depth"):
-            raise ValueError(f"Camera → horizon control (horizon_control) needs a depth ControlNet for "
-                             f"{entry.family!r} models, and the registry has none")
+            raise ValueError(f"Camera → horizon control (horizon_control) needs a depth ControlNet that fits "
+                             f"{entry.name!r} ({entry.family}), and the registry has none")
 
 
 @dataclass(frozen=True, kw_only=True)

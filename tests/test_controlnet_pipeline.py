@@ -184,3 +184,13 @@ def test_infotext_records_the_units_and_reads_them_back(manager):
     task, fields = parse_infotext(a1111)
     assert task == "controlnet" and fields["control_type"] == "depth" and fields["controlnet_model"] == ""
     assert (fields["controlnet_conditioning_scale"], fields["control_resize_mode"]) == (0.5, "crop and resize")
+
+
+def test_sd15_models_pair_with_their_own_controlnets(manager):
+    result = run(request(model="tiny-sd15", control_type="depth"), manager)
+    assert result.details.control[0].controlnet == "tiny-controlnet-depth-sd15"
+    assert result.images[0].size == (64, 64)
+    with pytest.raises(ValueError, match=r"needs a ControlNet that fits 'tiny-sd15' \(sd15\).*\['depth'\]"):
+        run(request(model="tiny-sd15", control_type="canny"), manager)
+    with pytest.raises(ValueError, match=r"does not fit 'tiny-sd15'"):
+        run(request(model="tiny-sd15", control_type="depth", controlnet_model="controlnet-depth-sd15"), manager)
