@@ -194,3 +194,19 @@ def test_sd15_models_pair_with_their_own_controlnets(manager):
         run(request(model="tiny-sd15", control_type="canny"), manager)
     with pytest.raises(ValueError, match=r"does not fit 'tiny-sd15'"):
         run(request(model="tiny-sd15", control_type="depth", controlnet_model="controlnet-depth-sd15"), manager)
+
+
+def test_hint_preparation_is_reported_and_a_stop_then_makes_nothing(manager):
+    from studio.results import Stopped
+
+    messages = []
+
+    def on_step(event):
+        if event.message:
+            messages.append(event.message)
+        return False
+
+    run(request(control_type="depth", control_image_2=photo(), control_type_2="canny"), manager, on_step)
+    assert messages == ["Preparing the depth hint of unit 1…", "Preparing the canny hint of unit 2…"]
+    with pytest.raises(Stopped, match="preparing the hints"):
+        run(request(), manager, lambda event: event.message is not None and event.message.startswith("Preparing"))

@@ -50,6 +50,20 @@ def resolve_units(registry: Any, entry: Any, units: list[ControlUnit]) -> list[R
     return resolved
 
 
+def make_hints(resolved: list[Resolved], width: int, height: int, lease: Any, on_step: Any, total: int) -> list:
+    """Every unit's hint (make_hint), saying which one is being made: depth and line art run a
+    model, which takes a moment. A Stop pressed meanwhile ends the job before it generates."""
+    from studio.results import StepEvent, Stopped
+
+    out = []
+    for r in resolved:
+        what = "your hint" if r.unit.hint is not None else f"the {r.unit.control_type} hint"
+        if on_step is not None and on_step(StepEvent(0, total, message=f"Preparing {what} of unit {r.unit.index + 1}…")):
+            raise Stopped("Stopped while preparing the hints; nothing was made.")
+        out.append(make_hint(r.unit, width, height, lease))
+    return out
+
+
 def make_hint(unit: ControlUnit, width: int, height: int, lease: Any) -> Any:
     """The unit's hint at width × height: its own hint as given, else its image preprocessed by its
     control type at about the output's resolution (A1111's "pixel perfect"), then resized by the

@@ -82,7 +82,7 @@ def run(request: ControlNetRequest, models: Any, on_step: StepCallback | None = 
     """Generate `request.batch_size` images steered by the request's active control units."""
     from studio.pipelines.control import (
         control_kwargs,
-        make_hint,
+        make_hints,
         resolve_units,
         unit_details,
     )
@@ -115,7 +115,7 @@ def run(request: ControlNetRequest, models: Any, on_step: StepCallback | None = 
                       on_wait=waiting(on_step, request.steps_run)) as lease:
         pipe = lease.pipe
         # 2. Each unit's hint at the output size (depth and lines use models the lease holds)
-        hints = [make_hint(r.unit, width, height, lease) for r in resolved]
+        hints = make_hints(resolved, width, height, lease, on_step, request.steps_run)
         # 3. Sampler and prompts, as in text-to-image
         pipe.scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
         prompt_kwargs, prompt_details = prompt_inputs(pipe, prompt, negative_prompt)
