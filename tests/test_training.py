@@ -122,7 +122,7 @@ def test_loss_on_a_fixed_batch_decreases(manager):
     config = tiny_config(learning_rate=1e-2, random_flip=False)
     entry = manager.registry.get("tiny")
     pipe = load_from_pretrained(manager.source(entry), entry, "float32")
-    examples = prepare_examples(photos(), None, config.prompt, bucket_sizes(config, entry, manager.registry))
+    examples = prepare_examples(photos(), None, config.prompt, bucket_sizes(config, entry))
     run = _prepare(config, pipe, examples, "cpu")
     losses = []
     for _ in range(20):
@@ -261,3 +261,12 @@ def test_sd15_model_trains_and_its_lora_loads(manager, tmp_path):
     assert pipe.get_list_adapters() == {"unet": ["trained"]}
     lora = pipe.unet.peft_config["trained"]  # rank and alpha read from the file's adapter metadata
     assert (lora.r, lora.lora_alpha) == (4, 8.0)
+
+
+def test_a_stop_at_the_last_step_still_finishes(manager, tmp_path):
+    from studio.training.lora_train import train
+
+    result = train(tiny_config(max_train_steps=2), photos(), None, manager, tmp_path, on_step=lambda event: True)
+    assert (result.state, result.steps_done) == ("stopped", 1)
+    result = train(tiny_config(max_train_steps=2), photos(), None, manager, tmp_path, on_step=lambda event: True)
+    assert (result.state, result.steps_done) == ("done", 2) and result.lora_path.is_file()

@@ -85,7 +85,7 @@ def train(config: TrainConfig, images: Sequence[Any], captions: Sequence[str | N
         pipe = load_from_pretrained(models.source(entry), entry, choose_dtype(models.device_info))
         pipe.to(device)
         # 3. The photos cut to buckets at the model's area, then latents and text embeddings cached
-        examples = prepare_examples(images, captions, config.prompt, bucket_sizes(config, entry, models.registry))
+        examples = prepare_examples(images, captions, config.prompt, bucket_sizes(config, entry))
         run = _prepare(config, pipe, examples, device)
         del pipe  # the VAE and text encoders are done with; the run keeps the UNet only
         # 4. Continue from the newest complete checkpoint, if asked and there is one
@@ -94,7 +94,8 @@ def train(config: TrainConfig, images: Sequence[Any], captions: Sequence[str | N
         for step in range(start + 1, total + 1):
             loss = _optimizer_step(run, step - 1)
             run.losses.append(loss)
-            stop = bool(report(StepEvent(step, total, message=f"loss {loss:.4f}")))
+            # a Stop at the last step changes nothing: the run is complete and its LoRA is written
+            stop = bool(report(StepEvent(step, total, message=f"loss {loss:.4f}"))) and step < total
             if stop or step % config.checkpoint_every == 0:
                 save_checkpoint(run_dir, step, _snapshot(run, step))
             if stop:
@@ -105,7 +106,7 @@ def train(config: TrainConfig, images: Sequence[Any], captions: Sequence[str | N
         return TrainResult("done", total, list(run.losses), path)
 
 
-def bucket_sizes(config: TrainConfig, entry: Any, registry: Any) -> list[tuple[int, int]]:
+def bucket_sizes(config: TrainConfig, entry: Any) -> list[tuple[int, int]]:
     """The aspect buckets at the run's area (default: the model's default width x height)."""
     area = config.resolution or entry.defaults.width * entry.defaults.height
     return sorted(set(buckets(area, multiple=64, min_side=entry.size_range[0]).values()))
