@@ -81,6 +81,48 @@ class Style(Request):
         return prompt, negative
 
 
+@dataclass(frozen=True, kw_only=True)
+class Loras(Request):
+    """LoRAs from the user's library (or the registry's), by name and weight: in this field, or as
+    A1111's <lora:name:weight> tags in the prompt. The model lease loads and applies them."""
+
+    SECTION: ClassVar[str] = ""  # top level of a preset
+    loras: str = field("", "LoRAs", "text", hi=2000, infotext=None,
+                       help="name:weight, … from your LoRA library (or write <lora:name:weight> in the prompt)")
+
+    def check(self, registry: Any, entry: Any) -> None:
+        self.lora_stack()
+
+    def lora_stack(self) -> tuple[str, list[tuple[str, float]]]:
+        """(the prompt without its <lora:…> tags, [(name, weight)]): this field's LoRAs, then the tags'."""
+        from studio.loras import parse_lora_list, parse_lora_tags
+
+        try:
+            listed = parse_lora_list(self.loras)
+        except ValueError as exc:
+            raise ValueError(f"LoRAs (loras) must be 'name:weight, name:weight', got {self.loras!r:.200}: "
+                             f"{exc}") from None
+        try:
+            prompt, tagged = parse_lora_tags(self.prompt)
+        except ValueError as exc:
+            raise ValueError(f"Prompt (prompt) has a bad <lora:name:weight> tag: {exc}") from None
+        if not tagged:
+            prompt = self.prompt  # untouched: tidying commas and spaces would change what the model reads
+        both = sorted({n for n, _ in listed} & {n for n, _ in tagged})
+        if both:
+            raise ValueError(f"LoRAs (loras) and the prompt's <lora:…> tags both name {', '.join(both)}; "
+                             "give each LoRA once, in one place")
+        return prompt, listed + tagged
+
+    def with_lora_stack(self) -> tuple[Any, list[tuple[str, float]]]:
+        """(this request with its prompt's tags moved into `loras`, the stack): the request as run,
+        so its preset and PNG metadata name every LoRA in one place."""
+        from studio.loras import format_lora_list
+
+        prompt, stack = self.lora_stack()
+        return self.replace(prompt=prompt, loras=format_lora_list(stack)), stack
+
+
 PAIR = dict(lo=0, hi=8192)
 PAIR_HELP = "height, width in pixels; empty: the image's own size"
 

@@ -281,3 +281,10 @@ def parse_lora_list(text: str) -> list[tuple[str, float]]:
         check_name(name)
         loras.append((name, _parse_weight(weight if sep else None, f"loras entry {item.strip()!r}")))
     return _check_unique(loras)
+
+
+def format_lora_list(loras: list[tuple[str, float]]) -> str:
+    """Format [(name, weight)] as the API's `loras` string, "x:0.5, y:1.0" (what parse_lora_list reads)."""
+    for name, weight in loras:
+        _parse_weight(repr(float(weight)), f"LoRA {check_name(name)!r}")
+    return ", ".join(f"{name}:{float(weight)!r}" for name, weight in _check_unique(list(loras)))

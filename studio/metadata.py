@@ -22,6 +22,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from studio.fields import specs
+from studio.loras import format_lora_list, lora_tags, parse_lora_tags
 from studio.schedulers import SCHEDULERS
 from studio.tasks import TASKS, task
 
@@ -69,8 +70,14 @@ def infotext_params(request: Any, seed: int, steps_done: int | None = None) -> d
 
 
 def infotext(request: Any, seed: int, steps_done: int | None = None) -> str:
-    """A1111 `parameters` text for one image made with `request` and `seed`."""
+    """A1111 `parameters` text for one image made with `request` and `seed`. LoRAs are written
+    A1111's way, as <lora:name:weight> tags at the end of the prompt."""
+    tags = ""
+    if hasattr(request, "lora_stack"):
+        request, stack = request.with_lora_stack()
+        tags = lora_tags(stack)
     prompt, negative = request.styled_prompts()
+    prompt = " ".join(p for p in (prompt, tags) if p)
     params = infotext_params(request, seed, steps_done)
     lines = [prompt, f"Negative prompt: {negative}" if negative else None,
              ", ".join(f"{k}: {_quote(v)}" for k, v in params.items())]
@@ -118,6 +125,8 @@ def parse_infotext(text: str) -> tuple[str, dict[str, Any]]:
     telltale = [t for key, t in TELLTALE.items() if key in params and t in TASKS]
     name = telltale[0] if telltale else next((t for t in TASKS if found <= set(_infotext_keys(t))), "txt2img")
     out: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
+    if "loras" in specs(task(name).request):
+        out.update(_loras_from_prompt(prompt))
     extras = getattr(task(name).request, "parse_infotext_extras", None)
     out.update(extras(params) if extras else {})
     declared = specs(task(name).request)
@@ -125,6 +134,17 @@ def parse_infotext(text: str) -> tuple[str, dict[str, Any]]:
         if key in params:
             out.update(_parse_value(key, names, params, declared))
     return name, out
+
+
+def _loras_from_prompt(prompt: str) -> dict[str, str]:
+    """The prompt without its <lora:name:weight> tags, and the tags as the `loras` field."""
+    try:
+        rest, stack = parse_lora_tags(prompt)
+    except ValueError:
+        # A tag Studio cannot read (another tool's name syntax): the prompt keeps it as written,
+        # and generating from it says what is wrong with it.
+        return {}
+    return {"prompt": rest, "loras": format_lora_list(stack)} if stack else {}
 
 
 def _parse_value(key: str, names: list[str], params: dict[str, str], declared: dict[str, Any]) -> dict[str, Any]:

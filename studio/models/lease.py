@@ -186,9 +186,16 @@ class Plan:
     loras: tuple[tuple[str, float], ...] = ()  # (adapter, weight), the model's own LoRA first
 
 
+LIBRARY_PREFIX = "library:"  # adapter names of library LoRAs, so they never clash with registry names
+
+
 def plan_lease(registry: Registry, model: str | None, task: str, controlnets: Sequence[str] = (),
-               loras: Sequence[tuple[str, float]] = ()) -> Plan:
-    """Check a lease request; raises ValueError naming what is wrong and what is expected."""
+               loras: Sequence[tuple[str, float]] = (),
+               library: Callable[[str, ModelEntry], str] | None = None) -> Plan:
+    """Check a lease request; raises ValueError naming what is wrong and what is expected.
+
+    A LoRA name that is not a registry entry goes to `library(name, base)`, which checks the
+    user's LoRA file against the base model and returns its adapter name ("library:<name>")."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if model is None:
@@ -203,7 +210,12 @@ def plan_lease(registry: Registry, model: str | None, task: str, controlnets: Se
         raise ValueError(f"model {model!r} (role {entry.role!r}) can do {registry.tasks(entry)}, not {task!r}")
     base = registry.get(entry.lora.base) if entry.lora is not None else entry
     stack = [(entry.name, entry.lora.scale)] if entry.lora is not None else []
-    stack += [(_check_add_on(registry, name, "lora", base), _check_weight(name, weight)) for name, weight in loras]
+    for name, weight in loras:
+        weight = _check_weight(name, weight)
+        if library is None or any(m.name == name for m in registry.models):
+            stack.append((_check_add_on(registry, name, "lora", base), weight))
+        else:
+            stack.append((library(name, base), weight))
     names = [n for n, _ in stack]
     if len(set(names)) != len(names):
         raise ValueError(f"LoRAs must not repeat (a LoRA-based model brings its own LoRA), got {names}")

@@ -9,6 +9,7 @@ job at a time, and what it changed is undone when it ends.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -16,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from studio.loras import LoraLibrary, check_lora, read_safetensors_header
+
 # Re-exported: callers and tests import the device decisions and loading helpers from here.
 from studio.models.device import (  # noqa: F401
     GB, DeviceInfo, Offload, choose_dtype, choose_offload, memory_budget, probe_device,
 )
-from studio.models.lease import Gate, Lease, plan_lease, snapshot
+from studio.models.lease import LIBRARY_PREFIX, Gate, Lease, plan_lease, snapshot
 from studio.models.loading import (  # noqa: F401
     cached_snapshot, derive_pipeline, estimate_bytes, hub_offline, hub_reachable, load_from_pretrained,
     load_vae, pipeline_bytes,
@@ -44,7 +47,8 @@ class _Loaded:
     nbytes: int
     # (task, ControlNet names) -> pipeline sharing `model`'s components; `model` itself under its own task
     pipes: dict[tuple[str, tuple[str, ...]], Any] = field(default_factory=dict)
-    adapters: OrderedDict[str, None] = field(default_factory=OrderedDict)  # LoRAs on it, least recently used first
+    # LoRA adapter -> the stamp of the file it was loaded from (None for registry LoRAs), least recently used first
+    adapters: OrderedDict[str, tuple[int, int] | None] = field(default_factory=OrderedDict)
     placed: Any = None  # the pipeline whose device placement (offload hooks) is installed
 
 
@@ -61,6 +65,7 @@ class ModelManager:
     depth_model: str | None = None  # the depth estimator for the lens blur; None: the registry's first
     annotator_models: dict[str, str] | None = None  # annotator kind -> registry name; unset kinds: the first
     max_adapters: int = 8  # LoRA adapters kept loaded per model (each adds layers to every forward pass)
+    lora_dir: Path | None = None  # the user's LoRA library (studio.loras.LoraLibrary); None: no library
     _gate: Gate = field(default_factory=Gate, init=False)
     _loaded: OrderedDict[str, _Loaded] = field(default_factory=OrderedDict, init=False)  # LRU first
     _info: DeviceInfo | None = field(default=None, init=False)
@@ -162,7 +167,7 @@ class ModelManager:
         loaded model. Releasing undoes every change the job made on the model's pipelines. Not
         reentrant: asking again from the thread that holds the lease raises RuntimeError.
         """
-        plan = plan_lease(self.registry, model, task, controlnets, loras)
+        plan = plan_lease(self.registry, model, task, controlnets, loras, library=self._check_library_lora)
         lease = Lease(self, plan.entry, task, purpose, exclusive)
         self._gate.enter(lease, on_wait)
         try:
@@ -317,11 +322,16 @@ class ModelManager:
 
     def _load_adapters(self, loaded: _Loaded, names: list[str]) -> None:
         """Load the LoRAs `names` as named adapters (diffusers + peft), dropping the least recently
-        used others beyond `max_adapters`."""
+        used others beyond `max_adapters`. A library LoRA whose file changed since it was loaded
+        (replaced, or retrained) is loaded again."""
         for name in names:
-            if name in loaded.adapters:
+            folder, weight_name, stamp = self._adapter_file(name)
+            if name in loaded.adapters and loaded.adapters[name] == stamp:
                 loaded.adapters.move_to_end(name)
                 continue
+            if name in loaded.adapters:  # a stale copy of a library LoRA
+                loaded.model.delete_adapters([name])
+                del loaded.adapters[name]
             while len(loaded.adapters) >= self.max_adapters:
                 victim = next((n for n in loaded.adapters if n not in names), None)
                 if victim is None:
@@ -329,10 +339,50 @@ class ModelManager:
                 loaded.model.delete_adapters([victim])
                 del loaded.adapters[victim]
                 log.info("deleted LoRA adapter %s from %s", victim, loaded.entry.name)
-            entry = self.registry.get(name)
-            loaded.model.load_lora_weights(self.source(entry), weight_name=entry.lora.weight_name, adapter_name=name)
-            loaded.adapters[name] = None
+            loaded.model.load_lora_weights(folder, weight_name=weight_name, adapter_name=name)
+            loaded.adapters[name] = stamp
             log.info("loaded %s as a LoRA adapter on %s", name, loaded.entry.name)
+
+    def _adapter_file(self, name: str) -> tuple[str, str | None, tuple[int, int] | None]:
+        """(folder or repo, file name, stamp) of adapter `name`: a registry LoRA, or "library:<name>"."""
+        if not name.startswith(LIBRARY_PREFIX):
+            entry = self.registry.get(name)
+            return self.source(entry), entry.lora.weight_name, None
+        path = LoraLibrary(self.lora_dir).path(name[len(LIBRARY_PREFIX):])
+        stat = path.stat()
+        return str(path.parent), path.name, (stat.st_mtime_ns, stat.st_size)
+
+    def _check_library_lora(self, name: str, base: ModelEntry) -> str:
+        """Check that library LoRA `name` exists and fits model `base` (its file's header only,
+        nothing loaded); returns its adapter name. Raises ValueError saying what is wrong."""
+        library = LoraLibrary(self.lora_dir) if self.lora_dir is not None else None
+        path = library.path(name) if library is not None else None
+        if path is None or not path.is_file():
+            registry_loras = [m.name for m in self.registry.models if m.lora is not None and m.family == base.family]
+            in_library = [e.name for e in library.list()] if library is not None else []
+            where = f"in the LoRA library {in_library}" if library is not None else "(no LoRA library folder is set)"
+            raise ValueError(f"unknown LoRA {name!r}; expected a registry LoRA for {base.name!r} {registry_loras} "
+                             f"or one {where}")
+        width = self._cross_attention_dim(base)
+        try:
+            if width is None:  # the model's config is not on disk: check the file is sound, not its width
+                read_safetensors_header(path)
+            else:
+                check_lora(path, width, base.family)
+        except ValueError as exc:
+            raise ValueError(f"LoRA {name!r} cannot be used with model {base.name!r}: {exc}") from None
+        return LIBRARY_PREFIX + name
+
+    def _cross_attention_dim(self, base: ModelEntry) -> int | None:
+        """The width of `base`'s text conditioning, from its UNet config on disk (built-in model or
+        Hugging Face cache); None when the config is not there or varies per block."""
+        folder = Path(self.source(base)) if base.builtin else cached_snapshot(base)
+        config = folder / "unet" / "config.json" if folder is not None else None
+        if config is None or not config.is_file():
+            return None
+        width = json.loads(config.read_text())["cross_attention_dim"]
+        widths = set(width) if isinstance(width, list) else {width}
+        return widths.pop() if len(widths) == 1 else None
 
     def _apply_loras(self, loaded: _Loaded, stack: tuple[tuple[str, float], ...]) -> None:
         """Activate exactly `stack` on the model; every derived pipeline shares its UNet and text

@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from studio.fields import field
-from studio.groups import Model, Prompt, Sampler, Size, Style
+from studio.groups import Loras, Model, Prompt, Sampler, Size, Style
 from studio.groups_control import FirstControlUnit, OptionalInitImage, SecondControlUnit
 from studio.images import RESIZE_MODES
 from studio.results import Details, InputImageDetails, Result, StepCallback
 
 
 @dataclass(frozen=True, kw_only=True)
-class ControlNetRequest(Style, Model, Sampler, Size, Prompt, OptionalInitImage, SecondControlUnit, FirstControlUnit):
+class ControlNetRequest(Loras, Style, Model, Sampler, Size, Prompt, OptionalInitImage, SecondControlUnit,
+                        FirstControlUnit):
     TASK: ClassVar[str] = "controlnet"
     NEEDS: ClassVar[str] = "txt2img"
     save_hints: bool = field(False, "Save hints", "bool", help="Also save each unit's hint beside the images.")
@@ -103,6 +104,7 @@ def run(request: ControlNetRequest, models: Any, on_step: StepCallback | None = 
                          "or a ready-made hint")
     entry = models.registry.get(request.model)
     resolved = resolve_units(models.registry, entry, request.control_units())
+    request, loras = request.with_lora_stack()  # <lora:…> tags leave the prompt for the LoRA stack
     # The request as run names the ControlNets picked for it, so its PNG remakes it exactly.
     request = request.replace(seed=resolve_seed(request.seed), **{f"controlnet_model{r.suffix}": r.net.name
                                                                   for r in resolved})
@@ -111,7 +113,7 @@ def run(request: ControlNetRequest, models: Any, on_step: StepCallback | None = 
     task = "txt2img" if request.init_image is None else "img2img"
     width, height = request.width, request.height
 
-    with models.lease(request.model, task, controlnets=[r.net.name for r in resolved],
+    with models.lease(request.model, task, controlnets=[r.net.name for r in resolved], loras=loras,
                       on_wait=waiting(on_step, request.steps_run)) as lease:
         pipe = lease.pipe
         # 2. Each unit's hint at the output size (depth and lines use models the lease holds)

@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from studio.groups import InitImage, Model, Prompt, Sampler, Size, Style
+from studio.groups import InitImage, Loras, Model, Prompt, Sampler, Size, Style
 from studio.results import Details, InputImageDetails, Result, StepCallback
 
 
 @dataclass(frozen=True, kw_only=True)
-class Img2ImgRequest(Style, Model, Sampler, Size, Prompt, InitImage):
+class Img2ImgRequest(Loras, Style, Model, Sampler, Size, Prompt, InitImage):
     TASK: ClassVar[str] = "img2img"
 
     @property
@@ -35,6 +35,7 @@ def run(request: Img2ImgRequest, models: Any, on_step: StepCallback | None = Non
     if not hasattr(request.image, "convert"):
         raise ValueError(f"Image (image) must be an image, got {type(request.image).__name__}")
     entry = models.registry.get(request.model)
+    request, loras = request.with_lora_stack()  # <lora:…> tags leave the prompt for the LoRA stack
     request = request.replace(seed=resolve_seed(request.seed))
     prompt, negative_prompt = request.styled_prompts()
     state = {"steps_done": 0, "interrupted": False}
@@ -42,7 +43,7 @@ def run(request: Img2ImgRequest, models: Any, on_step: StepCallback | None = Non
     # 2. The input at the output size
     image = resize_image(request.image.convert("RGB"), request.width, request.height, request.resize_mode)
 
-    with models.lease(request.model, "img2img", on_wait=waiting(on_step, request.steps_run)) as lease:
+    with models.lease(request.model, "img2img", loras=loras, on_wait=waiting(on_step, request.steps_run)) as lease:
         pipe = lease.pipe
         # 3. Sampler and prompts, as in text-to-image
         pipe.scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from studio.groups import InpaintMask, Model, Prompt, Repaint, Sampler, Style
+from studio.groups import InpaintMask, Loras, Model, Prompt, Repaint, Sampler, Style
 from studio.groups_control import OptionalControlUnit
 from studio.results import Details, InpaintDetails, Result, StepCallback
 
@@ -22,7 +22,7 @@ UNION_MASKED = 0  # the Union model's repaint hint: the image with masked pixels
 
 
 @dataclass(frozen=True, kw_only=True)
-class InpaintRequest(Style, Model, Sampler, Prompt, Repaint, OptionalControlUnit, InpaintMask):
+class InpaintRequest(Loras, Style, Model, Sampler, Prompt, Repaint, OptionalControlUnit, InpaintMask):
     TASK: ClassVar[str] = "inpaint"
 
     @property
@@ -86,6 +86,7 @@ def repaint(request: Any, models: Any, on_step: StepCallback | None, plan: Plan)
 
     registry = models.registry
     entry = registry.get(request.model)
+    request, loras = request.with_lora_stack()  # <lora:…> tags leave the prompt for the LoRA stack
     request = request.replace(seed=resolve_seed(request.seed))
     prompt, negative_prompt = request.styled_prompts()
     status = {"steps_done": 0, "interrupted": False}
@@ -118,7 +119,7 @@ def repaint(request: Any, models: Any, on_step: StepCallback | None, plan: Plan)
         if own:  # the request as run names the ControlNet picked for it
             request = request.replace(controlnet_model=own[0].net.name)
 
-    with models.lease(model, "inpaint", controlnets=[c.net.name for c in controls],
+    with models.lease(model, "inpaint", controlnets=[c.net.name for c in controls], loras=loras,
                       on_wait=waiting(on_step, request.steps_run)) as lease:
         pipe = lease.pipe
         # The units' hints: made for the whole image, then cut to the window at the working size

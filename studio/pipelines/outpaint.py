@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from studio.fields import redefault
-from studio.groups import Extend, Model, Prompt, Repaint, Sampler, Style
+from studio.groups import Extend, Loras, Model, Prompt, Repaint, Sampler, Style
 from studio.results import Result, StepCallback
 
 
 @dataclass(frozen=True, kw_only=True)
-class OutpaintRequest(Style, Model, Sampler, Prompt, Repaint, Extend):
+class OutpaintRequest(Loras, Style, Model, Sampler, Prompt, Repaint, Extend):
     TASK: ClassVar[str] = "outpaint"
     NEEDS: ClassVar[str] = "inpaint"
     # The new area has nothing to keep: by default it is painted from pure noise.

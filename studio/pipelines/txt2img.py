@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from studio.groups import Camera, MicroConditioning, Model, Prompt, Sampler, Size, Style
+from studio.groups import Camera, Loras, MicroConditioning, Model, Prompt, Sampler, Size, Style
 from studio.groups_control import HorizonControl, usable_controlnets
 from studio.results import (
     DepthOfFieldDetails,
@@ -17,7 +17,7 @@ from studio.results import (
 
 
 @dataclass(frozen=True, kw_only=True)
-class Txt2ImgRequest(HorizonControl, Camera, MicroConditioning, Style, Model, Sampler, Size, Prompt):
+class Txt2ImgRequest(Loras, HorizonControl, Camera, MicroConditioning, Style, Model, Sampler, Size, Prompt):
     TASK: ClassVar[str] = "txt2img"
 
     def styled_prompts(self) -> tuple[str, str]:
@@ -44,6 +44,7 @@ def run(request: Txt2ImgRequest, models: Any, on_step: StepCallback | None = Non
     # 1. Check inputs (before anything is loaded or changed)
     request.validate(models.registry)
     entry = models.registry.get(request.model)
+    request, loras = request.with_lora_stack()  # <lora:…> tags leave the prompt for the LoRA stack
     request = request.replace(seed=resolve_seed(request.seed))
     prompt, negative_prompt = request.styled_prompts()
     state = {"steps_done": 0, "interrupted": False}
@@ -52,7 +53,7 @@ def run(request: Txt2ImgRequest, models: Any, on_step: StepCallback | None = Non
     depth_net = usable_controlnets(models.registry, entry, "depth")[0] if request.horizon_control else None
     nets = [depth_net.name] if depth_net is not None else []
 
-    with models.lease(request.model, "txt2img", controlnets=nets,
+    with models.lease(request.model, "txt2img", controlnets=nets, loras=loras,
                       on_wait=waiting(on_step, request.num_inference_steps)) as lease:
         pipe = lease.pipe
         # 2. The sampler for this request (the lease restores the model's own afterwards)

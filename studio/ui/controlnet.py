@@ -57,13 +57,14 @@ def build_tab(ctx: AppContext) -> Tab:
             with gr.Accordion("Initial image (optional: image to image)", open=False):
                 init_image = widget(declared["init_image"], None, f"{PREFIX}init-image", height=220)
                 strength = widget(declared["strength"], initial["strength"], f"{PREFIX}strength")
+            loras = widget(declared["loras"], initial["loras"], f"{PREFIX}loras", placeholder="name:0.8, other:0.5")
             styles = style(ctx, TASK, PREFIX)
             save_hints = widget(declared["save_hints"], initial["save_hints"], f"{PREFIX}save-hints")
         with gr.Column(scale=2):
             out = results(PREFIX)
 
     widgets = dict(prompt=prompt, negative_prompt=negative_prompt, init_image=init_image, strength=strength,
-                   save_hints=save_hints, **size, **samp, **styles, **units[0], **units[1])
+                   save_hints=save_hints, **size, **samp, **styles, **units[0], **units[1], loras=loras)
     widgets = {k: v for k, v in widgets.items() if not k.startswith(("hint_editor", "preview"))}
     fields = {name: widgets[name] for name in declared}
     page = {**fields, "control_hint": units[0]["hint_editor"], "control_hint_2": units[1]["hint_editor_2"]}

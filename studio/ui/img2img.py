@@ -52,12 +52,13 @@ def build_tab(ctx: AppContext) -> Tab:
                 resize_mode = widget(declared["resize_mode"], initial["resize_mode"], f"{PREFIX}resize-mode")
             size = model_and_size(ctx, TASK, PREFIX)
             samp = sampler(ctx, TASK, PREFIX)
+            loras = widget(declared["loras"], initial["loras"], f"{PREFIX}loras", placeholder="name:0.8, other:0.5")
             styles = style(ctx, TASK, PREFIX)
         with gr.Column(scale=3):
             out = results(PREFIX)
 
     widgets = dict(image=image, prompt=prompt, negative_prompt=negative_prompt, strength=strength,
-                   resize_mode=resize_mode, **size, **samp, **styles)
+                   resize_mode=resize_mode, **size, **samp, **styles, loras=loras)
     fields = {name: widgets[name] for name in declared}
     tab = Tab(TASK, fields, [size["aspect"]], out["gallery"], out["selected"], out["send_row"], image_input=image,
               fill_extras=lambda r: [aspect_for(registry.get(r.model), r.width, r.height)])

@@ -80,6 +80,7 @@ def build_tab(ctx: AppContext) -> Tab:
             samp = sampler(ctx, TASK, PREFIX)
             unit = unit_panel(ctx, declared, initial, "", "ControlNet (optional: keep depth or edges while repainting)",
                               f"{PREFIX}control-", open=False)
+            loras = widget(declared["loras"], initial["loras"], f"{PREFIX}loras", placeholder="name:0.8, other:0.5")
             styles = style(ctx, TASK, PREFIX)
         with gr.Column(scale=3):
             out = results(PREFIX)
@@ -87,7 +88,7 @@ def build_tab(ctx: AppContext) -> Tab:
 
     widgets = dict(image=image, mask=mask, prompt=prompt, negative_prompt=negative_prompt, mask_grow=mask_grow,
                    masked_content=masked_content, inpaint_only_masked=only_masked, padding=padding, model=model,
-                   **repaint, **samp, **styles, **unit)
+                   **repaint, **samp, **styles, **unit, loras=loras)
     fields = {name: widgets[name] for name in declared}
 
     def read_page(values: dict[str, Any]) -> dict[str, Any]:

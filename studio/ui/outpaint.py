@@ -41,12 +41,13 @@ def build_tab(ctx: AppContext) -> Tab:
             repaint = repaint_panel(ctx, declared, initial, PREFIX)
             model = model_row(ctx, TASK, PREFIX)
             samp = sampler(ctx, TASK, PREFIX)
+            loras = widget(declared["loras"], initial["loras"], f"{PREFIX}loras", placeholder="name:0.8, other:0.5")
             styles = style(ctx, TASK, PREFIX)
         with gr.Column(scale=3):
             out = results(PREFIX)
 
     widgets = dict(image=image, prompt=prompt, negative_prompt=negative_prompt, model=model, **sides, **repaint,
-                   **samp, **styles)
+                   **samp, **styles, loras=loras)
     fields = {name: widgets[name] for name in declared}
     tab = Tab(TASK, fields, [], out["gallery"], out["selected"], out["send_row"], image_input=image)
     wire_generate(tab, ctx, generate, stop, out)

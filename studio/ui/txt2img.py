@@ -47,6 +47,7 @@ def build_tab(ctx: AppContext) -> Tab:
             size = model_and_size(ctx, TASK, "")
             samp = sampler(ctx, TASK, "")
             camera = build_camera_panel(declared)
+            loras = widget(declared["loras"], initial["loras"], "loras", placeholder="name:0.8, other:0.5")
             styles = style(ctx, TASK, "")
             with gr.Accordion("Advanced: SDXL size and crop conditioning", open=False):
                 gr.Markdown("Sizes are *height, width*; the crop is *top, left*. Empty: the image's own "
@@ -61,7 +62,7 @@ def build_tab(ctx: AppContext) -> Tab:
             out = results("")
 
     widgets = dict(prompt=prompt, negative_prompt=negative_prompt, **size, **samp, **styles, **micro,
-                   **{k: camera[k] for k in declared if k in camera})
+                   **{k: camera[k] for k in declared if k in camera}, loras=loras)
     fields = {name: widgets[name] for name in declared}  # declaration order: the API's parameter order
     tab = Tab(TASK, fields, [size["aspect"]], out["gallery"], out["selected"], out["send_row"],
               fill_extras=lambda r: [aspect_for(registry.get(r.model), r.width, r.height)])
