@@ -27,6 +27,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
                    help="folder for the built-in tiny models (default ~/.cache/studio, or STUDIO_CACHE)")
     p.add_argument("--depth-model", default=None, help="registry name of the depth model for the lens blur (default: "
                    "the registry's first; the built-in tiny models use 'tiny-depth')")
+    p.add_argument("--lora-dir", type=Path, default=Path(os.environ.get("STUDIO_LORAS", "loras")),
+                   help="folder of the LoRA library; trained LoRAs go there, their runs to training/ beside it "
+                   "(default loras, or STUDIO_LORAS)")
     p.add_argument("--registry", type=Path, default=None, help="model registry JSON (default: presets/models.json)")
     return p, p.parse_args(argv)
 
@@ -54,9 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     builtin = registry.get(model).builtin is not None
     manager.depth_model = args.depth_model or ("tiny-depth" if builtin else None)
     manager.annotator_models = {"lineart": "tiny-lineart"} if builtin else None
+    manager.lora_dir = args.lora_dir.resolve()
     outputs = args.outputs.resolve()
     demo = build_app(manager, default_model=model, outputs_dir=outputs, user_presets=args.user_presets.resolve(),
-                     notice=notice)
+                     notice=notice, lora_dir=args.lora_dir.resolve())
     demo.queue(default_concurrency_limit=1).launch(
         server_name=args.host, server_port=args.port, allowed_paths=[str(outputs), str(ASSETS)], show_error=True,
         css_paths=[ASSETS / "studio.css"], favicon_path=ASSETS / "icon.png",

@@ -10,14 +10,16 @@ import gradio as gr
 
 from studio.styles import load_styles
 from studio.tasks import TASKS
+from studio.training.jobs import TrainingJobs
 from studio.ui.jobs import StopFlags
 from studio.ui.preset_panel import build_history, build_presets_panel
 from studio.ui.presets import Filler, PresetStore, build_preset_api
 from studio.ui.tab import AppContext, Tab
+from studio.ui.train import build_train_tab
 
 
 def build_app(manager: Any, default_model: str, outputs_dir: Path, user_presets: Path,
-              notice: str | None = None) -> gr.Blocks:
+              notice: str | None = None, lora_dir: Path = Path("loras")) -> gr.Blocks:
     with gr.Blocks(title="Studio") as demo:
         gr.Markdown("# Studio\nImage generation on diffusers.")
         if notice:
@@ -33,6 +35,8 @@ def build_app(manager: Any, default_model: str, outputs_dir: Path, user_presets:
                 with gr.Tab(task.label, id=task.name) as page:
                     tabs.append(importlib.import_module(task.ui).build_tab(ctx))
                 page.select(lambda name=task.name: name, None, active, api_visibility="private", queue=False)
+            with gr.Tab("Train LoRA", id="train"):  # not a task: it makes a LoRA, not images
+                build_train_tab(TrainingJobs(manager, Path(lora_dir)), manager.registry, default_model)
         filler = Filler(manager, tabs, selector, active)
         with presets_slot:  # shown above the tabs, built once the widgets it fills exist
             build_presets_panel(demo, filler, store, active)
