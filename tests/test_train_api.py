@@ -70,6 +70,9 @@ def test_a_tiny_run_trains_and_lands_in_the_library(studio, photos):
     loras = {r["name"]: r for r in client.predict(api_name="/loras")}
     assert loras["tiny-subject"]["trigger_word"] == "sks"
     assert loras["tiny-subject"]["base_model"] == "tiny" and loras["tiny-subject"]["rank"] == "4"
+    # and a prompt can use it at once
+    gallery, _, metadata = client.predict(**{**ARGS, "prompt": "<lora:tiny-subject:0.8> sks"}, api_name="/txt2img")
+    assert len(gallery) == 1 and metadata["prompt"] == "sks" and metadata["loras"] == "tiny-subject:0.8"
 
 
 @pytest.mark.parametrize("overrides, count, message", [
