@@ -253,7 +253,7 @@ def test_the_tiny_lineart_annotator_keeps_the_image_size(manager):
     with pytest.raises(RuntimeError, match="was released"):
         lease.annotator("lineart")
     with manager.lease(None, exclusive=True, purpose="a training run"):
-        assert manager._annotators == {}  # an exclusive job frees it
+        assert manager._helpers == {}  # an exclusive job frees it
 
 
 def test_without_the_hub_the_real_annotator_is_a_clear_error(manager, tmp_path, monkeypatch):

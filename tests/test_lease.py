@@ -147,7 +147,7 @@ def test_exclusive_lease_frees_everything_and_others_wait(registry, tiny_cache):
     assert m.loaded() == ["tiny", "tiny-sd15"] and len(probes) == 1
 
     training = m.lease(None, exclusive=True, purpose="a training run")
-    assert m.loaded() == [] and m._depth is None
+    assert m.loaded() == [] and m._helpers == {}
     assert len(probes) == 2  # measured again once the models were freed
     messages: list[str] = []
     heard, proceeded = threading.Event(), threading.Event()

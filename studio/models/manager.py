@@ -9,7 +9,6 @@ job at a time, and what it changed is undone when it ends.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -17,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studio.loras import LoraLibrary, check_lora, read_safetensors_header
+from studio.loras import LoraLibrary
 
 # Re-exported: callers and tests import the device decisions and loading helpers from here.
 from studio.models.device import (  # noqa: F401
     GB, DeviceInfo, Offload, choose_dtype, choose_offload, memory_budget, probe_device,
 )
 from studio.models.lease import LIBRARY_PREFIX, Gate, Lease, plan_lease, snapshot
+from studio.models.library import check_library_lora, cross_attention_dim
 from studio.models.loading import (  # noqa: F401
     cached_snapshot, derive_pipeline, estimate_bytes, hub_offline, hub_reachable, load_from_pretrained,
     load_vae, pipeline_bytes,
@@ -69,8 +69,8 @@ class ModelManager:
     _gate: Gate = field(default_factory=Gate, init=False)
     _loaded: OrderedDict[str, _Loaded] = field(default_factory=OrderedDict, init=False)  # LRU first
     _info: DeviceInfo | None = field(default=None, init=False)
-    _depth: tuple[str, Any] | None = field(default=None, init=False)  # (name, transformers pipeline)
-    _annotators: dict[str, tuple[str, Any]] = field(default_factory=dict, init=False)  # kind -> (name, annotator)
+    # "depth", "lineart" -> (registry name, model): small helper models kept outside the LRU
+    _helpers: dict[str, tuple[str, Any]] = field(default_factory=dict, init=False)
     _hub: str | None = field(default=_UNCHECKED, init=False)  # why the Hub cannot be used; None: it can
 
     # -- what is there and what can be loaded -------------------------------------------------
@@ -199,8 +199,7 @@ class ModelManager:
     def _free_all(self) -> None:
         """Make the accelerator ours alone for an exclusive job, and measure it afresh."""
         self._loaded.clear()
-        self._depth = None
-        self._annotators.clear()
+        self._helpers.clear()
         self._free_accelerator_memory()
         self._info = None
         self.device_info  # probe now: the job plans with the memory just freed
@@ -221,38 +220,33 @@ class ModelManager:
         lease.on_release(undo)
 
     def _depth_estimator(self) -> tuple[str, Any]:
-        """The depth estimator, loaded on first use. It is small (about 25M parameters for Depth
-        Anything V2 small), so it stays, on the accelerator when there is one, outside the LRU."""
-        entry = self.registry.depth(self.depth_model)
-        if self._depth is None or self._depth[0] != entry.name:
-            from studio.models.depth import load_depth_estimator
+        """The depth estimator (lens blur, depth hints), loaded on first use."""
+        from studio.models.depth import load_depth_estimator
 
-            try:
-                source = self.source(entry)
-            except ModelUnavailable as exc:
-                raise ModelUnavailable(f"{exc}. The lens blur needs this depth model; without it, set depth "
-                                       "of field to 'prompt words only'.") from exc
-            info = self.device_info
-            self._depth = (entry.name, load_depth_estimator(source, info.device, choose_dtype(info)))
-            log.info("loaded depth model %s", entry.name)
-        return self._depth
+        return self._helper("depth", self.registry.depth(self.depth_model), load_depth_estimator,
+                            "The lens blur and depth hints need this depth model; without it, set depth of field "
+                            "to 'prompt words only' and give depth hints ready-made.")
 
     def _annotator(self, kind: str) -> tuple[str, Any]:
-        """The hint annotator of `kind` ("lineart"), loaded on first use and kept, like the depth
-        estimator: it is small (about 4M parameters per line art network)."""
-        entry = self.registry.annotator(kind, (self.annotator_models or {}).get(kind))
-        held = self._annotators.get(kind)
-        if held is None or held[0] != entry.name:
-            from studio.models.annotators import load_lineart
+        """The hint annotator of `kind` ("lineart"), loaded on first use."""
+        from studio.models.annotators import load_lineart
 
+        return self._helper(kind, self.registry.annotator(kind, (self.annotator_models or {}).get(kind)), load_lineart,
+                            f"Drawing {kind} hints needs this annotator; without it, give a ready {kind} image as "
+                            "the hint instead.")
+
+    def _helper(self, key: str, entry: Any, load: Callable[[str, str, str], Any], why: str) -> tuple[str, Any]:
+        """(name, model) of a small helper model (depth estimator ~25M parameters, line art ~4M),
+        loaded once with `load(source, device, dtype)` and kept outside the LRU."""
+        held = self._helpers.get(key)
+        if held is None or held[0] != entry.name:
             try:
                 source = self.source(entry)
             except ModelUnavailable as exc:
-                raise ModelUnavailable(f"{exc}. Drawing {kind} hints needs this annotator; without it, give a "
-                                       f"ready {kind} image as the hint instead.") from exc
+                raise ModelUnavailable(f"{exc}. {why}") from exc
             info = self.device_info
-            held = self._annotators[kind] = (entry.name, load_lineart(source, info.device, choose_dtype(info)))
-            log.info("loaded %s annotator %s", kind, entry.name)
+            held = self._helpers[key] = (entry.name, load(source, info.device, choose_dtype(info)))
+            log.info("loaded %s model %s", key, entry.name)
         return held
 
     # -- loading, eviction, derived pipelines and adapters (called inside a held lease) -----------
@@ -353,36 +347,9 @@ class ModelManager:
         return str(path.parent), path.name, (stat.st_mtime_ns, stat.st_size)
 
     def _check_library_lora(self, name: str, base: ModelEntry) -> str:
-        """Check that library LoRA `name` exists and fits model `base` (its file's header only,
-        nothing loaded); returns its adapter name. Raises ValueError saying what is wrong."""
-        library = LoraLibrary(self.lora_dir) if self.lora_dir is not None else None
-        path = library.path(name) if library is not None else None
-        if path is None or not path.is_file():
-            registry_loras = [m.name for m in self.registry.models if m.lora is not None and m.family == base.family]
-            in_library = [e.name for e in library.list()] if library is not None else []
-            where = f"in the LoRA library {in_library}" if library is not None else "(no LoRA library folder is set)"
-            raise ValueError(f"unknown LoRA {name!r}; expected a registry LoRA for {base.name!r} {registry_loras} "
-                             f"or one {where}")
-        width = self._cross_attention_dim(base)
-        try:
-            if width is None:  # the model's config is not on disk: check the file is sound, not its width
-                read_safetensors_header(path)
-            else:
-                check_lora(path, width, base.family)
-        except ValueError as exc:
-            raise ValueError(f"LoRA {name!r} cannot be used with model {base.name!r}: {exc}") from None
-        return LIBRARY_PREFIX + name
-
-    def _cross_attention_dim(self, base: ModelEntry) -> int | None:
-        """The width of `base`'s text conditioning, from its UNet config on disk (built-in model or
-        Hugging Face cache); None when the config is not there or varies per block."""
+        """plan_lease's check of a LoRA from the library (studio.models.library)."""
         folder = Path(self.source(base)) if base.builtin else cached_snapshot(base)
-        config = folder / "unet" / "config.json" if folder is not None else None
-        if config is None or not config.is_file():
-            return None
-        width = json.loads(config.read_text())["cross_attention_dim"]
-        widths = set(width) if isinstance(width, list) else {width}
-        return widths.pop() if len(widths) == 1 else None
+        return check_library_lora(self.registry, self.lora_dir, name, base, cross_attention_dim(folder))
 
     def _apply_loras(self, loaded: _Loaded, stack: tuple[tuple[str, float], ...]) -> None:
         """Activate exactly `stack` on the model; every derived pipeline shares its UNet and text
