@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     p.add_argument("--lora-dir", type=Path, default=Path(os.environ.get("STUDIO_LORAS", "loras")),
                    help="folder of the LoRA library; trained LoRAs go there, their runs to training/ beside it "
                    "(default loras, or STUDIO_LORAS)")
+    p.add_argument("--upscale-max-pixels", type=int, default=None, metavar="N",
+                   help="largest upscale output in pixels (default 16384×16384); the disk must also hold it")
     p.add_argument("--registry", type=Path, default=None, help="model registry JSON (default: presets/models.json)")
     return p, p.parse_args(argv)
 
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     manager.depth_model = args.depth_model or ("tiny-depth" if builtin else None)
     manager.annotator_models = {"lineart": "tiny-lineart"} if builtin else None
     manager.lora_dir = args.lora_dir.resolve()
+    manager.upscale_max_pixels = args.upscale_max_pixels
     outputs = args.outputs.resolve()
     demo = build_app(manager, default_model=model, outputs_dir=outputs, user_presets=args.user_presets.resolve(),
                      notice=notice, lora_dir=args.lora_dir.resolve())

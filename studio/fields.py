@@ -43,10 +43,12 @@ def field(default: Any, label: str, kind: Kind, **spec: Any) -> Any:
     return dataclasses.field(default=default, metadata={"spec": Spec(label, kind, **spec)})
 
 
-def redefault(group: type, name: str, default: Any) -> Any:
-    """Field `name` of `group` as declared there, with another default (a task's own choice)."""
+def redefault(group: type, name: str, default: Any, **changes: Any) -> Any:
+    """Field `name` of `group` as declared there, with another default (a task's own choice) and
+    optionally some of its Spec changed (e.g. essential=False where the task can do without it)."""
     declared = {f.name: f for f in dataclasses.fields(group)}[name]
-    return dataclasses.field(default=default, metadata=declared.metadata)
+    spec = dataclasses.replace(declared.metadata["spec"], **changes)
+    return dataclasses.field(default=default, metadata={**declared.metadata, "spec": spec})
 
 
 def specs(request_type: type) -> dict[str, Spec]:

@@ -53,3 +53,25 @@ def save_result_images(result: Result, outputs_dir: Path) -> list[Path]:
             sharp.append(save_png(result.originals[i], folder, paths[-1].stem + "-sharp.png", info))
     hints = [save_png(hint, folder, f"{paths[0].stem}-hint-{i + 1}.png") for i, hint in enumerate(result.hints)]
     return paths + sharp + hints
+
+
+def save_canvas(result: Result, outputs_dir: Path, preview_side: int = 2048) -> list[Path]:
+    """Save a large result (an upscale) whose image is `result.canvas`, an array on disk:
+    [what the gallery shows, the full image (PNG, or a tiled BigTIFF past PNG's size), its deep-zoom
+    .dzi]. The gallery gets a preview PNG (long side `preview_side`, carrying the same settings)
+    when the image is larger. The scratch array is removed either way."""
+    import json
+
+    from studio.upscale.deepzoom import write_dzi
+    from studio.upscale.files import discard, write_image
+
+    folder = Path(outputs_dir) / f"{datetime.now():%Y-%m-%d}"
+    stem, info, canvas = output_name(result.seed)[:-4], png_info(result, 0), result.canvas
+    small = max(canvas.shape[:2]) <= preview_side
+    try:
+        full = write_image(canvas, folder, stem, pnginfo=info, description=json.dumps(result.summary()))
+        dzi = write_dzi(canvas, folder, stem)
+    finally:
+        discard(canvas)
+    shown = full if small and full.suffix == ".png" else save_png(result.images[0], folder, f"{stem}-preview.png", info)
+    return [shown, full, dzi]

@@ -14,6 +14,7 @@ class StepEvent:
     total: int  # steps planned
     preview: Callable[[], list[Any]] | None = None  # cheap PIL previews of the current latents
     message: str | None = None  # set while the job waits: who holds the GPU, our place in line
+    detail: str | None = None  # where a long job is, for the status line ("Stage 1 of 2 · step 3 of 30 · …")
 
 
 class Stopped(Exception):
@@ -80,6 +81,19 @@ class InpaintDetails:
 
 
 @dataclass(frozen=True)
+class UpscaleDetails:
+    input_size: list[int]  # [width, height]
+    output_size: list[int]
+    stages: list[list[int]]  # [width, height] after each stage of the cascade
+    sliders: list[int]  # guided steps of each stage
+    patch_size: int  # latent pixels (the UNet's native size)
+    patch_overlap: int
+    patches_last_stage: int  # patches per step in the last stage
+    unet_calls: int  # over all stages
+    tile_controlnet: str | None = None
+
+
+@dataclass(frozen=True)
 class Details:
     """What a run records besides its request (typed: each part exists only where it applies)."""
 
@@ -91,6 +105,7 @@ class Details:
     input_image: InputImageDetails | None = None
     control: list[ControlUnitDetails] | None = None
     inpaint: InpaintDetails | None = None
+    upscale: UpscaleDetails | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -109,6 +124,8 @@ class Result:
     details: Details
     originals: list[Any] = field(default_factory=list)  # the images before a post-effect (lens blur)
     hints: list[Any] = field(default_factory=list)  # ControlNet hints, saved beside the images when asked
+    # A large output as an (H, W, 3) uint8 array on disk (np.memmap); `images` then holds its preview
+    canvas: Any = None
 
     @property
     def seed(self) -> int:

@@ -64,13 +64,14 @@ def counting_manager(registry, tiny_cache, **kw) -> tuple[ModelManager, Counting
 
 def test_controlnets_are_listed_single_condition_first(registry):
     assert [m.name for m in registry.controlnets("sdxl")] == [
-        "controlnet-depth-sdxl", "controlnet-canny-sdxl", "tiny-controlnet-depth", "tiny-controlnet-canny",
-        "controlnet-union-sdxl-promax", "tiny-controlnet-union",
+        "controlnet-depth-sdxl", "controlnet-canny-sdxl", "controlnet-tile-sdxl", "tiny-controlnet-depth",
+        "tiny-controlnet-canny", "controlnet-union-sdxl-promax", "tiny-controlnet-union",
     ]
     assert [m.name for m in registry.controlnets("sdxl", "depth")] == [
         "controlnet-depth-sdxl", "tiny-controlnet-depth", "controlnet-union-sdxl-promax", "tiny-controlnet-union",
     ]
-    assert [m.name for m in registry.controlnets("sdxl", "tile")] == ["controlnet-union-sdxl-promax", "tiny-controlnet-union"]
+    assert [m.name for m in registry.controlnets("sdxl", "tile")] == [
+        "controlnet-tile-sdxl", "controlnet-union-sdxl-promax", "tiny-controlnet-union"]
     assert [m.name for m in registry.controlnets("sd15", "lineart")] == ["controlnet-lineart-sd15"]
     assert [m.name for m in registry.controlnets("sd15", "depth")] == ["controlnet-depth-sd15", "tiny-controlnet-depth-sd15"]
     with pytest.raises(ValueError, match="unknown model family 'flux'"):

@@ -66,6 +66,8 @@ class ModelManager:
     annotator_models: dict[str, str] | None = None  # annotator kind -> registry name; unset kinds: the first
     max_adapters: int = 8  # LoRA adapters kept loaded per model (each adds layers to every forward pass)
     lora_dir: Path | None = None  # the user's LoRA library (studio.loras.LoraLibrary); None: no library
+    scratch_dir: Path | None = None  # big intermediate arrays (upscaling); None: the system's temp folder
+    upscale_max_pixels: int | None = None  # the largest upscale output; None: the pipeline's default
     _gate: Gate = field(default_factory=Gate, init=False)
     _loaded: OrderedDict[str, _Loaded] = field(default_factory=OrderedDict, init=False)  # LRU first
     _info: DeviceInfo | None = field(default=None, init=False)
