@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     depth_names = [m.name for m in registry.depth_models]
     if args.depth_model is not None and args.depth_model not in depth_names:
         parser.error(f"--depth-model must be one of {', '.join(depth_names)}; got {args.depth_model!r}")
+    if args.upscale_max_pixels is not None and args.upscale_max_pixels < 1:
+        parser.error(f"--upscale-max-pixels must be a positive number of pixels, got {args.upscale_max_pixels}")
     manager = ModelManager(registry, cache_dir=args.cache_dir)
     model, notice = manager.resolve_startup_model(args.model or registry.default)
     # A random test model pairs with the random depth model and line detector, so the app runs fully offline.

@@ -16,6 +16,7 @@ from studio.pipelines.img2img import Img2ImgRequest
 from studio.pipelines.inpaint import InpaintRequest
 from studio.pipelines.outpaint import OutpaintRequest
 from studio.pipelines.txt2img import Txt2ImgRequest
+from studio.pipelines.upscale import UpscaleRequest
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("controlnet", "ControlNet", ControlNetRequest, "studio.ui.controlnet"),
     Task("inpaint", "Inpaint", InpaintRequest, "studio.ui.inpaint"),
     Task("outpaint", "Outpaint", OutpaintRequest, "studio.ui.outpaint"),
+    Task("upscale", "Upscale", UpscaleRequest, "studio.ui.upscale"),
 )}
 
 

@@ -19,7 +19,7 @@ def test_every_option_has_help():
 
     parser, _ = parse_args([])
     options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
-    assert len(options) == 9
+    assert len(options) == 10
     assert all(a.help and len(a.help) > 15 for a in options), [a.dest for a in options if not a.help]
     assert "port to listen on" in run_app("--help").stdout
 
@@ -36,3 +36,8 @@ def test_a_vae_or_controlnet_is_not_a_startup_model():
     for name in ("sdxl-vae-fp16-fix", "controlnet-depth-sdxl"):
         done = run_app("--model", name)
         assert done.returncode == 2 and f"got {name!r}" in done.stderr, done.stderr
+
+
+def test_a_nonpositive_upscale_limit_is_a_usage_error():
+    done = run_app("--upscale-max-pixels", "0")
+    assert done.returncode == 2 and "--upscale-max-pixels must be a positive number of pixels, got 0" in done.stderr

@@ -9,6 +9,9 @@ name and raises a clear error instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -37,6 +40,7 @@ def gallery_items(paths: list, result: Any) -> list:
     """Saved images for the gallery; after a lens blur, the blurred ones first, then the sharp;
     kept ControlNet hints last."""
     n, hints = len(result.images), len(result.hints)
+    paths = paths[:n * (2 if result.originals else 1)] + paths[len(paths) - hints:]  # not a result's other files
     images, captions = paths[:len(paths) - hints], [f"hint {i + 1}" for i in range(hints)]
     if result.originals:
         f_number = getattr(result.request, "aperture_f_number", None)
@@ -46,8 +50,31 @@ def gallery_items(paths: list, result: Any) -> list:
     return [str(p) if c is None else (str(p), c) for p, c in zip(paths, captions)]
 
 
-def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Button, out: dict[str, Any]) -> None:
+@dataclass
+class ResultHooks:
+    """How a tab whose results are more than images (a huge upscale) saves and shows them."""
+
+    save: Callable[[Any, Path], list]  # (result, outputs folder) -> saved paths, the gallery's first
+    page_outputs: list  # widgets set after a run, besides gallery, seed, details, status and history
+    page_values: Callable[[list, Any], list]  # (paths, result) -> their values
+    api_outputs: list  # what the API returns
+    api_values: Callable[[list, Any], tuple]  # (paths, result) -> its values
+    api_doc: str | None = None  # what the API returns, in words (default: images, seed and details)
+
+
+def default_hooks(gallery: Any, api_seed: Any, details: Any) -> ResultHooks:
+    """An image task's results: the images in the gallery; the API returns them, the seed and details."""
+    return ResultHooks(save_result_images, [], lambda paths, result: [],
+                       [gallery, api_seed, details],
+                       lambda paths, result: (gallery_items(paths, result), result.seed, result.summary()))
+
+
+def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Button, out: dict[str, Any],
+                  hooks: ResultHooks | None = None) -> None:
     manager, task = ctx.manager, tab.task
+    api_seed = gr.Number(visible=False, precision=0)  # the API returns the seed as a number
+    hooks = hooks or default_hooks(out["gallery"], api_seed, out["details"])
+    extra_skip = [gr.skip()] * len(hooks.page_outputs)
     gallery, used_seed, details, status = out["gallery"], out["used_seed"], out["details"], out["status"]
     skip = gr.skip()
 
@@ -65,33 +92,35 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
         try:
             job = prepare(tab.read_page({name: data[w] for name, w in tab.page_inputs.items()}))
         except INPUT_ERRORS as exc:
-            yield skip, skip, skip, status_html(str(exc), "error"), skip
+            yield skip, skip, skip, status_html(str(exc), "error"), skip, *extra_skip
             return
         flag = ctx.stops.start(session)
         result = None
         try:
             for kind, payload in stream_job(task.run, job, manager, flag):
                 if kind == "wait":
-                    yield skip, skip, skip, status_html(payload, "waiting"), skip
+                    yield skip, skip, skip, status_html(payload, "waiting"), skip, *extra_skip
                 elif kind == "step":
                     event, images = payload
-                    text = f"Step {event.step} of {event.total}" + (" · stopping…" if flag.is_set() else "")
-                    yield images or skip, skip, skip, status_html(text, "running", event.step, event.total), skip
+                    text = (event.detail or f"Step {event.step} of {event.total}") + (
+                        " · stopping…" if flag.is_set() else "")
+                    yield (images or skip, skip, skip, status_html(text, "running", event.step, event.total), skip,
+                           *extra_skip)
                 else:
                     result = payload
         except INPUT_ERRORS as exc:
-            yield skip, skip, skip, status_html(str(exc), "error"), skip
+            yield skip, skip, skip, status_html(str(exc), "error"), skip, *extra_skip
             return
         except Stopped as exc:
-            yield skip, skip, skip, status_html(str(exc), "stopped"), skip
+            yield skip, skip, skip, status_html(str(exc), "stopped"), skip, *extra_skip
             return
         finally:
             ctx.stops.finish(session, flag)
-        paths = save_result_images(result, ctx.outputs_dir)
+        paths = hooks.save(result, ctx.outputs_dir)
         history = [*(data[ctx.history] or []), *((str(p), task.name) for p in paths[:len(result.images)])]
         kind = "stopped" if result.interrupted else "done"
         yield (gallery_items(paths, result), str(result.seed), result.summary(), status_html(result.status(), kind),
-               history)
+               history, *hooks.page_values(paths, result))
 
     def on_api(values: dict[str, Any], progress: gr.Progress, request: gr.Request):
         session = job_key(request, task)
@@ -105,7 +134,7 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
             if event.message is not None:
                 progress(0.0, desc=event.message)
             else:
-                progress((event.step, event.total), desc="Denoising", unit="steps")
+                progress((event.step, event.total), desc=event.detail or "Denoising", unit="steps")
             return flag.is_set()
 
         try:
@@ -114,19 +143,19 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
             raise gr.Error(str(exc), print_exception=False) from None
         finally:
             ctx.stops.finish(session, flag)
-        return gallery_items(save_result_images(result, ctx.outputs_dir), result), result.seed, result.summary()
+        return hooks.api_values(hooks.save(result, ctx.outputs_dir), result)
 
     # preprocess=False: raw values reach validation, whose errors name the field, the range and
     # the value, also for API callers that bypass the sliders.
     gpu = dict(concurrency_id=GPU, concurrency_limit=1, preprocess=False)
-    generate.click(on_page, {*tab.page_inputs.values(), ctx.history}, [gallery, used_seed, details, status, ctx.history],
+    generate.click(on_page, {*tab.page_inputs.values(), ctx.history},
+                   [gallery, used_seed, details, status, ctx.history, *hooks.page_outputs],
                    show_progress="hidden", api_visibility="private", **gpu)
-    api_seed = gr.Number(visible=False, precision=0)  # the API returns the seed as a number
     api_button = gr.Button(visible=False)
-    doc = (f"{task.label}: returns the images (PNG files that carry their settings), the seed used and "
-           f"the details. Parameters are the request's fields; omitted ones take the page's defaults.")
+    doc = (f"{task.label}: returns {hooks.api_doc or 'the images (PNG files that carry their settings), the seed used and the details'}"
+           f". Parameters are the request's fields; omitted ones take the page's defaults.")
     api_inputs = [tab.fields[name] for name in api_order(task.request)]
-    api_button.click(api_function(on_api, task.request, doc), api_inputs, [gallery, api_seed, details],
+    api_button.click(api_function(on_api, task.request, doc), api_inputs, hooks.api_outputs,
                      api_name=task.name, show_progress="hidden", **gpu)
 
     def stop_job(request: gr.Request) -> None:
