@@ -150,7 +150,8 @@ def images_for(name: str) -> dict:
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))
     return {"txt2img": {}, "img2img": dict(image=photo), "controlnet": dict(control_image=photo, control_type="canny"),
-            "inpaint": dict(image=photo, mask=mask), "outpaint": dict(image=photo)}[name]
+            "inpaint": dict(image=photo, mask=mask), "outpaint": dict(image=photo),
+            "upscale": dict(image=photo, slider=1)}[name]
 
 
 @pytest.mark.parametrize("name", list(TASKS))

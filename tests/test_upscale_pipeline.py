@@ -145,3 +145,31 @@ def test_saving_writes_the_image_its_preview_and_the_deep_zoom_tiles(upscaler, t
     with Image.open(shown) as image:
         assert max(image.size) <= 2048
         assert "studio" in image.info
+
+
+def test_a_preset_keeps_the_upscale_section_and_restores_it(registry):
+    import json
+
+    from studio import presets as P
+
+    chosen = UpscaleRequest(image=None, model="tiny", scale=8.0, slider=9, phase_weight=0.3, laplacian_fusion=True,
+                            tile_controlnet="tiny-controlnet-union", tile_weight=0.8, patch_batch=4, seed=11)
+    text = P.preset_json(P.preset_from_request(chosen, "Big print"))
+    doc = json.loads(text)
+    assert doc["task"] == "upscale" and doc["model"] == "tiny"
+    assert doc["upscale"]["scale"] == 8.0 and doc["upscale"]["slider"] == 9
+    assert doc["upscale"]["tile_controlnet"] == "tiny-controlnet-union" and "image" not in doc["upscale"]
+    restored = P.preset_request(P.parse_preset(text, registry), registry)
+    assert restored.record() == chosen.record()
+
+
+def test_the_png_of_an_upscale_restores_its_settings(upscaler, tmp_path):
+    from studio import outputs
+    from studio.metadata import read_png_settings
+
+    result = run(request(phase_fusion=False, chess_mask=False, laplacian_fusion=True), upscaler)
+    _, full, _ = outputs.save_canvas(result, tmp_path)
+    task, fields, _ = read_png_settings(str(full))
+    assert task == "upscale"
+    assert {k: fields[k] for k in ("phase_fusion", "chess_mask", "laplacian_fusion", "seed")} == {
+        "phase_fusion": False, "chess_mask": False, "laplacian_fusion": True, "seed": 5}

@@ -67,6 +67,15 @@ def scale_for(path: str | None, long_side: Any) -> Any:
     return gr.update() if size is None or target <= 0 else max(1.0, round(target / max(size), 2))
 
 
+def slider_range(steps: Any, strength: Any, slider: Any) -> Any:
+    """The Slider bounded by the steps each stage runs (int(steps · strength)), its value kept inside."""
+    try:
+        steps_run = max(1, int(int(steps) * float(strength)))
+        return gr.update(maximum=steps_run, value=min(int(slider), steps_run))
+    except (TypeError, ValueError):
+        return gr.update()
+
+
 def build_tab(ctx: AppContext) -> Tab:
     registry, declared, initial = ctx.manager.registry, specs(TASK.request), defaults(TASK.request)
     entry = registry.get(ctx.default_model)
@@ -129,6 +138,9 @@ def build_tab(ctx: AppContext) -> Tab:
     for box in planned:
         box.change(plan_text, planned, plan, **private)
     long_side.input(scale_for, [image, long_side], scale, **private)
+    # The Slider counts steps: it cannot go past the steps a stage runs.
+    for box in (steps, strength):
+        box.input(slider_range, [steps, strength, slider], slider, **private)
     model.input(lambda m: gr.update(choices=[("Off", ""), *((n, n) for n in tile_controlnets(registry, registry.get(m)))],
                                     value=""), model, tile_controlnet, **private)
     reuse.click(lambda s: int(s) if str(s).isdigit() else gr.update(), out["used_seed"], seed, **private)
