@@ -11,6 +11,7 @@ PNG), with a preview and the deep-zoom tiles the page browses.
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -147,7 +148,7 @@ def run_stage(pipe: Any, request: UpscaleRequest, stage: Stage, image: Any, scra
     upsampled = np.asarray(source.resize((width, height), Image.LANCZOS))  # (H, W, 3) uint8
     progress.report(f"{stage.label()} · encoding")
     vae_tile = pipe.vae.config.sample_size // 8 if isinstance(pipe.vae.config.sample_size, int) else patch.size
-    with torch.no_grad():
+    with torch.no_grad(), full_precision_vae(pipe.vae):
         z0 = encode_tiled(pipe.vae, upsampled, tile=vae_tile, overlap=max(1, vae_tile // 8))
     # 2. Noise, sampler, prompts and the denoiser of one patch batch
     generator = torch.Generator("cpu").manual_seed(request.seed + stage.index)
@@ -172,7 +173,7 @@ def run_stage(pipe: Any, request: UpscaleRequest, stage: Stage, image: Any, scra
     # 3. Decode in tiles into an array on disk, row band by row band
     out = scratch_array(height, width, scratch)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), full_precision_vae(pipe.vae):
             decode_tiled(pipe.vae, latents, out, tile=vae_tile, overlap=max(1, vae_tile // 8),
                          on_tile=lambda i, n: progress.report(f"{stage.label()} · decoding tile {i} of {n}"),
                          should_stop=lambda: progress.stop)
@@ -180,6 +181,23 @@ def run_stage(pipe: Any, request: UpscaleRequest, stage: Stage, image: Any, scra
         discard(out)
         raise
     return out
+
+
+@contextmanager
+def full_precision_vae(vae: Any):
+    """Run a VAE whose config asks for it (`force_upcast`: SDXL's original VAE overflows in fp16)
+    in float32, as diffusers' SDXL pipelines do; the fp16-fix VAE stays in fp16."""
+    import torch
+
+    dtype = vae.dtype
+    upcast = dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        yield
+    finally:
+        if upcast:
+            vae.to(dtype)
 
 
 def make_denoiser(pipe: Any, request: UpscaleRequest, scheduler: Any, canvas_px: tuple[int, int],
