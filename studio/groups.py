@@ -193,6 +193,14 @@ class Camera(Request):
                             dof_from_prompt=self.dof_mode == "prompt")
 
 
+def check_steps_run(request: Any) -> None:
+    """diffusers runs int(steps · strength) of the schedule's last steps: at least one must remain."""
+    steps = getattr(request, "num_inference_steps", 1)
+    if int(steps * request.strength) < 1:
+        raise ValueError(f"Denoising strength (strength) × Steps must leave at least one step to run, got "
+                         f"{request.strength:g} × {steps} = {steps * request.strength:g}; raise either")
+
+
 @dataclass(frozen=True, kw_only=True)
 class InitImage(Request):
     """An input image that the model repaints (image-to-image; later inpainting and upscaling).
@@ -208,11 +216,7 @@ class InitImage(Request):
                                   "resize and fill: fit inside and extend the edges.")
 
     def check(self, registry: Any, entry: Any) -> None:
-        # diffusers runs int(steps · strength) of the schedule's last steps: at least one must remain.
-        steps = getattr(self, "num_inference_steps", 1)
-        if int(steps * self.strength) < 1:
-            raise ValueError(f"Denoising strength (strength) × Steps must leave at least one step to run, got "
-                             f"{self.strength:g} × {steps} = {steps * self.strength:g}; raise either")
+        check_steps_run(self)
 
 
 # --- Inpainting and outpainting ------------------------------------------------------------------
@@ -233,10 +237,7 @@ class Repaint(Request):
     inpaint_model: str = field("", "Inpainting model", "text", hi=100, pattern=OPTIONAL_MODEL, help=INPAINT_MODEL_HELP)
 
     def check(self, registry: Any, entry: Any) -> None:
-        steps = getattr(self, "num_inference_steps", 1)
-        if int(steps * self.strength) < 1:
-            raise ValueError(f"Denoising strength (strength) × Steps must leave at least one step to run, got "
-                             f"{self.strength:g} × {steps} = {steps * self.strength:g}; raise either")
+        check_steps_run(self)
         if self.inpaint_model:
             helper = registry.get(self.inpaint_model)
             union = helper.role == "controlnet" and "inpaint" in helper.control_types and helper.union

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from studio.fields import Request, field, redefault
-from studio.groups import Prompt, Sampler
+from studio.groups import Prompt, Sampler, check_steps_run
 from studio.groups_control import OPTIONAL_MODEL, check_controlnet
 
 STAGE_FACTOR = 2.0  # each stage of the cascade doubles the size at most (Pixelsmith works in ×2 steps)
@@ -102,9 +102,7 @@ class Upsampling(Request):
         return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
 
     def check(self, registry: Any, entry: Any) -> None:
-        if self.steps_run < 1:
-            raise ValueError(f"Denoising strength (strength) × Steps must leave at least one step to run, got "
-                             f"{self.strength:g} × {self.num_inference_steps}")
+        check_steps_run(self)
         if self.slider > self.steps_run:
             raise ValueError(f"Slider (slider) must be in [0, {self.steps_run}] (the steps run), got {self.slider}")
         if self.tile_controlnet:

@@ -13,32 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import start_app, stop_app
+from conftest import CHROMIUM, CHROMIUM_ARGS, browser_missing, start_app, stop_app
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    # Without these Chromium hangs on a closed network, waiting for Google's services.
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 GENERATION_TIMEOUT_MS = 120_000  # the first generation builds and loads the tiny model
 UI_TIMEOUT_MS = 30_000
 
 
-def _browser_missing() -> str | None:
-    if not CHROMIUM.exists():
-        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed (pip install playwright)"
-    return None
-
-
 # Checked at import so that a skip does not first start the session's app.
-if (_missing := _browser_missing()) is not None:
+if (_missing := browser_missing()) is not None:
     if os.environ.get("STUDIO_REQUIRE_BROWSER") == "1":
         pytest.fail(f"STUDIO_REQUIRE_BROWSER=1 but {_missing}", pytrace=False)
     pytest.skip(_missing, allow_module_level=True)

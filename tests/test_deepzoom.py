@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import CHROMIUM, CHROMIUM_ARGS, browser_missing
 from studio.upscale.deepzoom import DZI_NAMESPACE, box_downscale_2x, dzi_levels, write_dzi
 
 WIDTH, HEIGHT, TILE, OVERLAP = 1000, 700, 254, 1
@@ -173,23 +174,7 @@ def test_memory_stays_bounded_on_a_memmap(tmp_path, monkeypatch):
 
 # --- The viewer in a real browser -------------------------------------------------------------------
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    # Without these Chromium hangs on a closed network, waiting for Google's services.
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 UI_TIMEOUT_MS = 30_000
-
-
-def _browser_missing() -> str | None:
-    if not CHROMIUM.exists():
-        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed (pip install playwright)"
-    return None
 
 
 @pytest.fixture
@@ -219,7 +204,7 @@ def zoom_app(tmp_path):
 
 @pytest.mark.browser
 def test_viewer_shows_tiles_in_chromium(zoom_app):
-    if (missing := _browser_missing()) is not None:
+    if (missing := browser_missing()) is not None:
         if os.environ.get("STUDIO_REQUIRE_BROWSER") == "1":
             pytest.fail(f"STUDIO_REQUIRE_BROWSER=1 but {missing}", pytrace=False)
         pytest.skip(missing)
