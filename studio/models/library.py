@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from studio.loras import LoraLibrary, check_lora, read_safetensors_header
 from studio.models.lease import LIBRARY_PREFIX
@@ -44,3 +45,21 @@ def cross_attention_dim(model_folder: Path | None) -> int | None:
     width = json.loads(config.read_text())["cross_attention_dim"]
     widths = set(width) if isinstance(width, list) else {width}
     return widths.pop() if len(widths) == 1 else None
+
+
+FAMILY_WIDTHS = {"sdxl": 2048, "sd15": 768}  # the text-conditioning width of each family's real models
+
+
+def model_width(manager: Any, base: ModelEntry) -> int:
+    """The cross-attention width LoRAs for `base` must have: read from its UNet config when its files
+    are here (a built-in model, or the Hub cache), else the family's (the real models' width)."""
+    from studio.models.loading import cached_snapshot
+
+    if base.lora is not None:  # a LoRA-based model (a draft): its LoRAs fit the model it sits on
+        base = manager.registry.get(base.lora.base)
+    folder = Path(manager.source(base)) if base.builtin else cached_snapshot(base)
+    width = cross_attention_dim(folder) or FAMILY_WIDTHS.get(base.family)
+    if width is None:
+        raise ValueError(f"cannot tell which LoRAs fit {base.name!r}: its files are not here and its family "
+                         f"{base.family!r} has no known width")
+    return width

@@ -10,6 +10,7 @@ continues where an interrupted run stopped. A finished LoRA goes into the librar
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
 import time
@@ -25,6 +26,14 @@ from studio.training.lora_train import train
 
 log = logging.getLogger(__name__)
 ACTIVE = ("queued", "running")  # a job in these states may still change
+ZERO_GPU_NOTICE = ("Training needs a dedicated GPU: this Space runs on ZeroGPU, which lends a GPU for a few seconds "
+                   "per call, not for a training run. Duplicate the Space on dedicated GPU hardware, or run Studio "
+                   "on your own machine, to train; LoRA files can still be added to the library below.")
+
+
+def on_zero_gpu() -> bool:
+    """Whether this is a Hugging Face ZeroGPU Space (which sets SPACES_ZERO_GPU)."""
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
 
 
 @dataclass
@@ -68,6 +77,8 @@ class TrainingJobs:
     def start(self, config: TrainConfig, images: Sequence[Any], captions: Sequence[str | None] | None = None) -> str:
         """Check the settings, then start training in the background; returns the job id."""
         # 1. Check inputs before any GPU work: a bad setting is an error now, not a failed job later
+        if on_zero_gpu():
+            raise ValueError(ZERO_GPU_NOTICE)
         config.validate(len(images))
         check_name(config.name)  # the library's rule, stricter than the run folder's
         entry = self.manager.registry.get(config.model)
@@ -142,6 +153,16 @@ class TrainingJobs:
         except Exception as exc:  # the job's end, reported in its record (and the log) rather than lost
             log.exception("training job %s (%s) failed", job_id, config.name)
             self._update(job_id, state="failed", error=str(exc) or type(exc).__name__, eta_s=None, message=None)
+
+    def add_upload(self, upload_path: str | Path, name: str, model: str) -> str:
+        """Add an uploaded LoRA file to the library as `name`, once its header shows it is a LoRA for
+        `model`'s family and width (it is never loaded or unpickled to find out); returns the name."""
+        from studio.models.library import model_width
+
+        check_name(name)
+        base = self.manager.registry.get(model)
+        self.library.add(upload_path, name, model_width(self.manager, base), base.family)
+        return name
 
     def _family(self, model: str) -> str:
         return self.manager.registry.get(model).family

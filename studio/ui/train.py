@@ -17,7 +17,7 @@ import pandas as pd
 from studio.images import open_image
 from studio.loras import TRIGGER_KEYS
 from studio.training.config import MAX_IMAGES, MIN_IMAGES, TrainConfig
-from studio.training.jobs import ACTIVE, TrainingJobs
+from studio.training.jobs import ACTIVE, ZERO_GPU_NOTICE, TrainingJobs, on_zero_gpu
 from studio.ui.tab import status_html
 
 DEFAULTS = TrainConfig(model="", trigger_word="")  # the page's defaults are the config's
@@ -88,6 +88,8 @@ def build_train_tab(jobs: TrainingJobs, registry: Any, default_model: str) -> No
     models = trainable_models(registry)
     gr.Markdown(f"Teach a model one subject from {MIN_IMAGES}-{MAX_IMAGES} photos of it. The result is a LoRA "
                 "in the library: add `<lora:name:1>` and the trigger word to a prompt to use it.")
+    if on_zero_gpu():
+        gr.Markdown(f"**{ZERO_GPU_NOTICE}**", elem_id="train-zero-gpu")
     with gr.Row():
         with gr.Column():
             images = gr.File(label=f"Photos ({MIN_IMAGES}-{MAX_IMAGES})", file_count="multiple",
@@ -118,13 +120,15 @@ def build_train_tab(jobs: TrainingJobs, registry: Any, default_model: str) -> No
             random_flip = gr.Checkbox(DEFAULTS.random_flip, label="Random flip", elem_id="train-flip",
                                       info="Off for text, logos and asymmetric subjects")
             with gr.Row():
-                train_button = gr.Button("Train", variant="primary", elem_id="train-start")
+                train_button = gr.Button("Train", variant="primary", elem_id="train-start",
+                                         interactive=not on_zero_gpu())
                 stop_button = gr.Button("Stop", elem_id="train-stop")
         with gr.Column():
             status = gr.HTML(status_html("Upload photos and press Train."), elem_id="train-status")
             plot = gr.LinePlot(loss_frame(None), x="step", y="loss", title="Loss", elem_id="train-loss")
             loras = gr.Dataframe(pd.DataFrame(library_records(jobs), columns=LORA_COLUMNS), headers=LORA_COLUMNS,
                                  label="LoRA library", interactive=False, elem_id="train-loras")
+            upload_panel(jobs, registry, default_model, loras)
     job_id = gr.State("")  # this page's latest job
     shown = gr.State("")  # the finished job whose LoRA the table already shows
     timer = gr.Timer(2.0)
@@ -206,3 +210,39 @@ def build_train_tab(jobs: TrainingJobs, registry: Any, default_model: str) -> No
                       api_visibility="private", queue=False)
     timer.tick(on_tick, [job_id, shown], [status, plot, loras, shown], api_visibility="private", queue=False,
                show_progress="hidden")
+
+
+def upload_name(path: str | None, name: str | None) -> str:
+    """The library name of an uploaded file: the one typed, else the file's own (lowercase)."""
+    if name and name.strip():
+        return name.strip()
+    return Path(path).stem.lower() if path else ""
+
+
+def upload_panel(jobs: TrainingJobs, registry: Any, default_model: str, table: Any) -> Any:
+    """Add a LoRA file (.safetensors only) to the library, checked against the model it is for."""
+    bases = registry.names("base")
+    with gr.Accordion("Add a LoRA file", open=False, elem_id="train-upload") as panel:
+        upload = gr.File(label="LoRA (.safetensors)", file_types=[".safetensors"], type="filepath",
+                         elem_id="train-upload-file")
+        with gr.Row():
+            name = gr.Textbox(label="Name", placeholder="the file's name", elem_id="train-upload-name",
+                              info="Prompts call it <lora:name:1>")
+            model = gr.Dropdown([(registry.get(n).label, n) for n in bases], label="For model",
+                                value=default_model if default_model in bases else bases[0],
+                                elem_id="train-upload-model")
+        add = gr.Button("Add to library", elem_id="train-upload-add")
+        status = gr.HTML("", elem_id="train-upload-status")
+
+    def on_add(path: str | None, typed: str, model_name: str):
+        if not path:
+            return status_html("Choose a .safetensors file first.", "error"), gr.skip()
+        try:
+            added = jobs.add_upload(path, upload_name(path, typed), model_name)
+        except ValueError as exc:
+            return status_html(str(exc), "error"), gr.skip()
+        records = pd.DataFrame(library_records(jobs), columns=LORA_COLUMNS)
+        return status_html(f"Added {added!r}: use it as <lora:{added}:1>.", "info"), records
+
+    add.click(on_add, [upload, name, model], [status, table], api_visibility="private", queue=False)
+    return panel
