@@ -111,6 +111,19 @@ def test_stop_between_patches_leaves_no_file(upscaler):
     assert list(upscaler.scratch_dir.glob("*")) == []
 
 
+def test_stop_while_encoding_leaves_no_file(upscaler):
+    seen = []
+
+    def on_step(event):
+        seen.append(event.detail)
+        return "encoding tile 2" in (event.detail or "")
+
+    with pytest.raises(Stopped, match=r"Stopped: Stage 1 of 1 \(128×96\) · encoding tile 2 of \d+; nothing"):
+        run(request(), upscaler, on_step)
+    assert not any("patch" in (d or "") for d in seen)  # no UNet call after the Stop
+    assert list(upscaler.scratch_dir.glob("*")) == []
+
+
 def test_stop_while_decoding_leaves_no_file(upscaler):
     def on_step(event):
         return "decoding" in (event.detail or "")

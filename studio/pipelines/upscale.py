@@ -146,10 +146,11 @@ def run_stage(pipe: Any, request: UpscaleRequest, stage: Stage, image: Any, scra
     # 1. The guidance: the current image, Lanczos-upsampled, encoded in tiles -> z0 (1, C, H/8, W/8)
     source = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
     upsampled = np.asarray(source.resize((width, height), Image.LANCZOS))  # (H, W, 3) uint8
-    progress.report(f"{stage.label()} · encoding")
     vae_tile = pipe.vae.config.sample_size // 8 if isinstance(pipe.vae.config.sample_size, int) else patch.size
     with torch.no_grad(), full_precision_vae(pipe.vae):
-        z0 = encode_tiled(pipe.vae, upsampled, tile=vae_tile, overlap=max(1, vae_tile // 8))
+        z0 = encode_tiled(pipe.vae, upsampled, tile=vae_tile, overlap=max(1, vae_tile // 8),
+                          on_tile=lambda i, n: progress.report(f"{stage.label()} · encoding tile {i} of {n}"),
+                          should_stop=lambda: progress.stop)
     # 2. Noise, sampler, prompts and the denoiser of one patch batch
     generator = torch.Generator("cpu").manual_seed(request.seed + stage.index)
     noise = randn_tensor(z0.shape, generator=generator, dtype=torch.float32)  # ε, drawn first as in img2img
