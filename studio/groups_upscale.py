@@ -13,7 +13,7 @@ from typing import Any
 
 from studio.fields import Request, field, redefault
 from studio.groups import Prompt, Sampler, check_steps_run
-from studio.groups_control import OPTIONAL_MODEL, check_controlnet
+from studio.groups_control import OPTIONAL_MODEL, check_controlnet, usable_controlnets
 
 STAGE_FACTOR = 2.0  # each stage of the cascade doubles the size at most (Pixelsmith works in ×2 steps)
 SLIDER_GROWTH = 1.5  # each later stage is guided longer: ~40 % then ~60 % of the steps (duplication grows with size)
@@ -111,7 +111,5 @@ class Upsampling(Request):
 
 def tile_controlnets(registry: Any, entry: Any) -> list[str]:
     """Registry names usable as `tile_controlnet` with model `entry`."""
-    from studio.groups_control import usable_controlnets
-
     return [m.name for m in usable_controlnets(registry, entry, "tile")]
 

@@ -80,7 +80,7 @@ def test_the_tile_controlnet_steers_the_patches(upscaler):
 def test_bad_input_is_refused_before_anything_runs(upscaler, changes, message):
     with pytest.raises(ValueError, match=message):
         run(request(**changes), upscaler)
-    assert not list((upscaler.scratch_dir).glob("*")) if upscaler.scratch_dir.exists() else True
+    assert list(upscaler.scratch_dir.glob("*")) == []  # (a folder not made yet globs empty too)
 
 
 def test_a_target_beyond_the_pixel_limit_is_refused(upscaler):
@@ -122,6 +122,23 @@ def test_stop_while_encoding_leaves_no_file(upscaler):
         run(request(), upscaler, on_step)
     assert not any("patch" in (d or "") for d in seen)  # no UNet call after the Stop
     assert list(upscaler.scratch_dir.glob("*")) == []
+
+
+def test_an_error_in_a_later_stage_leaves_no_file(upscaler, monkeypatch):
+    from studio.upscale import sampler
+
+    real, calls = sampler.sample, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # stage 2: stage 1's array is already on disk
+            raise RuntimeError("CUDA out of memory (injected)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampler, "sample", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        run(request(scale=4.0), upscaler)
+    assert len(calls) == 2 and list(upscaler.scratch_dir.glob("*")) == []
 
 
 def test_stop_while_decoding_leaves_no_file(upscaler):

@@ -66,7 +66,7 @@ class ModelManager:
     annotator_models: dict[str, str] | None = None  # annotator kind -> registry name; unset kinds: the first
     max_adapters: int = 8  # LoRA adapters kept loaded per model (each adds layers to every forward pass)
     lora_dir: Path | None = None  # the user's LoRA library (studio.loras.LoraLibrary); None: no library
-    scratch_dir: Path | None = None  # big intermediate arrays (upscaling); None: the system's temp folder
+    scratch_dir: Path | None = None  # big arrays of an upscale; None: the system's temp folder
     upscale_max_pixels: int | None = None  # the largest upscale output; None: the pipeline's default
     _gate: Gate = field(default_factory=Gate, init=False)
     _loaded: OrderedDict[str, _Loaded] = field(default_factory=OrderedDict, init=False)  # LRU first
@@ -354,8 +354,7 @@ class ModelManager:
         return check_library_lora(self.registry, self.lora_dir, name, base, cross_attention_dim(folder))
 
     def _apply_loras(self, loaded: _Loaded, stack: tuple[tuple[str, float], ...]) -> None:
-        """Activate exactly `stack` on the model; every derived pipeline shares its UNet and text
-        encoders, so this applies to all tasks."""
+        """Activate exactly `stack` on the model (shared by every derived pipeline, so by all tasks)."""
         if not stack:
             self._reset_adapters(loaded)
             return
@@ -389,8 +388,7 @@ class ModelManager:
     # -- conveniences over lease() --------------------------------------------------------------
 
     def pipeline(self, name: str, task: str = "txt2img") -> Any:
-        """The pipeline for `task` of model `name`, loaded if needed but not held (for tests and
-        benchmarks; a job takes a lease)."""
+        """The pipeline for `task` of model `name`, loaded but not held (tests, benchmarks; jobs lease)."""
         with self.lease(name, task, purpose="loading a model") as lease:
             return lease.pipe
 

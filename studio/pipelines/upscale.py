@@ -51,7 +51,7 @@ def check_output(request: UpscaleRequest, models: Any, scratch: Path) -> None:
     """Refuse, before anything loads, an output beyond the pixel limit or the free disk."""
     from studio.upscale.files import check_disk
 
-    limit = getattr(models, "upscale_max_pixels", None) or MAX_PIXELS
+    limit = models.upscale_max_pixels or MAX_PIXELS
     (width, height), (w0, h0) = stage_sizes(*request.image.size, request.scale)[-1], request.image.size
     if width * height > limit:
         raise ValueError(f"Scale (scale) {request.scale:g} makes {w0}×{h0} into {width}×{height} "
@@ -63,15 +63,16 @@ def check_output(request: UpscaleRequest, models: Any, scratch: Path) -> None:
 def run(request: UpscaleRequest, models: Any, on_step: StepCallback | None = None) -> Result:
     """Upsample `request.image` by `request.scale` with the model manager `models`."""
     from studio.pipelines.sampling import resolve_seed, waiting
-    from studio.upscale.files import discard
+    from studio.upscale.files import discard, preview
     from studio.upscale.patches import count_patches
+    from studio.upscale.sampler import PatchPlan, unet_calls
 
     # 1. Check inputs (before anything is loaded or changed)
     request.validate(models.registry)
     if not hasattr(request.image, "convert"):
         raise ValueError(f"Image (image) must be an image, got {type(request.image).__name__}")
     entry = models.registry.get(request.model)
-    scratch = Path(getattr(models, "scratch_dir", None) or Path(tempfile.gettempdir()) / "studio-upscale")
+    scratch = Path(models.scratch_dir or Path(tempfile.gettempdir()) / "studio-upscale")
     check_output(request, models, scratch)
     request, loras = request.with_lora_stack()
     request = request.replace(seed=resolve_seed(request.seed))
@@ -83,18 +84,20 @@ def run(request: UpscaleRequest, models: Any, on_step: StepCallback | None = Non
     with models.lease(request.model, "img2img", controlnets=nets, loras=loras,
                       on_wait=waiting(on_step, request.steps_run)) as lease:
         pipe = lease.pipe
-        patch = _patch_plan(pipe, request)
-        calls = [_stage_calls(stage, patch, request.steps_run) for stage in stages]
+        patch = PatchPlan.for_unet(pipe.unet.config.sample_size, request.patch_batch)
+        calls = [unet_calls(s.size[1] // 8, s.size[0] // 8, patch, request.steps_run) for s in stages]
         progress = Progress(on_step, sum(calls), pipe)
         try:
             for stage in stages:
-                canvas = run_stage(pipe, request, stage, image, scratch, patch, progress, tile_mode)
+                canvas, prompt_details = run_stage(pipe, request, stage, image, scratch, patch, progress, tile_mode)
                 made.append(canvas)
                 image = canvas  # the next stage upsamples this one
-        except InterruptedError:
+        except BaseException as exc:  # Stop, or an error: no stage's array stays on disk
             for array in made:
                 discard(array)
-            raise Stopped(f"Stopped: {progress.where}; nothing was saved.") from None
+            if isinstance(exc, InterruptedError):
+                raise Stopped(f"Stopped: {progress.where}; nothing was saved.") from None
+            raise
         for array in made[:-1]:
             discard(array)
 
@@ -105,9 +108,9 @@ def run(request: UpscaleRequest, models: Any, on_step: StepCallback | None = Non
         sliders=[s.slider for s in stages], patch_size=patch.size, patch_overlap=patch.overlap,
         patches_last_stage=count_patches(lh, lw, patch.size, patch.overlap), unet_calls=sum(calls),
         tile_controlnet=request.tile_controlnet or None)
-    details = Details(family=entry.family, repo_id=entry.repo_id, prompt_encoding=progress.prompt_details,
+    details = Details(family=entry.family, repo_id=entry.repo_id, prompt_encoding=prompt_details,
                       upscale=upscale)
-    return Result(request=request, images=[_preview(canvas)], seeds=[request.seed], prompt=request.prompt,
+    return Result(request=request, images=[preview(canvas)], seeds=[request.seed], prompt=request.prompt,
                   negative_prompt=request.negative_prompt, steps_done=request.steps_run,
                   total_steps=request.steps_run, interrupted=False, details=details, canvas=canvas)
 
@@ -117,7 +120,7 @@ class Progress:
 
     def __init__(self, on_step: StepCallback | None, total: int, pipe: Any):
         self.on_step, self.total, self.pipe, self.done = on_step, total, pipe, 0
-        self.where, self.prompt_details, self.stop = "before the first step", None, False
+        self.where, self.stop = "before the first step", False
 
     def report(self, where: str, latents: Any = None, advance: int = 0) -> bool:
         """Say where the job is; True (and from then on `stop`) when the user asked to stop."""
@@ -130,8 +133,9 @@ class Progress:
 
 
 def run_stage(pipe: Any, request: UpscaleRequest, stage: Stage, image: Any, scratch: Path, patch: Any,
-              progress: Progress, tile_mode: int | None = None) -> Any:
-    """One ×2 (or final) stage: upsample, encode, sample patch by patch, decode to a scratch array."""
+              progress: Progress, tile_mode: int | None = None) -> tuple[Any, Any]:
+    """One ×2 (or final) stage: upsample, encode, sample patch by patch, decode to a scratch array;
+    returns (that array, how the prompts were encoded)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -160,7 +164,7 @@ def run_stage(pipe: Any, request: UpscaleRequest, stage: Stage, image: Any, scra
     timesteps = scheduler.timesteps[first * scheduler.order:]
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(first * scheduler.order)
-    denoise, progress.prompt_details = make_denoiser(pipe, request, scheduler, (height, width), upsampled, tile_mode)
+    denoise, prompt_details = make_denoiser(pipe, request, scheduler, (height, width), upsampled, tile_mode)
     guidance = GuidancePlan(stage.slider, request.phase_weight if request.phase_fusion else None,
                             request.chess_mask, 4 if request.laplacian_fusion else None)
 
@@ -181,7 +185,7 @@ def run_stage(pipe: Any, request: UpscaleRequest, stage: Stage, image: Any, scra
     except BaseException:
         discard(out)
         raise
-    return out
+    return out, prompt_details
 
 
 @contextmanager
@@ -268,18 +272,6 @@ def tile_control(pipe: Any, weight: float, upsampled: Any, union_mode: int | Non
     return residuals
 
 
-def _patch_plan(pipe: Any, request: UpscaleRequest) -> Any:
-    from studio.upscale.sampler import PatchPlan
-
-    return PatchPlan.for_unet(pipe.unet.config.sample_size, request.patch_batch)
-
-
-def _stage_calls(stage: Stage, patch: Any, steps: int) -> int:
-    from studio.upscale.sampler import unet_calls
-
-    return unet_calls(stage.size[1] // 8, stage.size[0] // 8, patch, steps)
-
-
 def _latent_preview(pipe: Any, latents: Any) -> list:
     """A cheap look at the canvas being denoised: the latents pooled to ≤ 64 px, mapped to colours."""
     import torch.nn.functional as F
@@ -290,8 +282,3 @@ def _latent_preview(pipe: Any, latents: Any) -> list:
     return preview_images(F.avg_pool2d(latents.float(), factor, ceil_mode=True), *latent_to_rgb_map(pipe.vae),
                           max_side=512)
 
-
-def _preview(canvas: Any) -> Any:
-    from studio.upscale.files import preview
-
-    return preview(canvas)
