@@ -61,6 +61,9 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     # Without these Chromium hangs on a closed network, waiting for Google's services.
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    # WebGL (the 360° viewer) on the CPU through SwiftShader despite --disable-gpu. Playwright passes
+    # this too, but only as one of its defaults.
+    "--enable-unsafe-swiftshader",
 ]
 
 
