@@ -94,6 +94,18 @@ class UpscaleDetails:
 
 
 @dataclass(frozen=True)
+class PanoramaDetails:
+    canvas_size: list[int]  # [width, height] of the equirectangular image (2:1)
+    view_size: int  # side of each square perspective view, in pixels
+    views: list[dict]  # {"yaw", "pitch", "fov"} in painting order
+    wrap_ratio: float  # |column 0 − last column| over the median neighbour difference: ≈1 is seamless
+    pole_spread: list[float]  # std of the top and bottom rows (each is one point on the sphere): ≈0 is clean
+    dynamic_range_stops: float  # log2 of p99.9 / p0.1 luminance of the HDR
+    bracketed_view: dict | None = None  # the view repainted at lower exposures, when bracketing
+    refine_strength: float = 0.0
+
+
+@dataclass(frozen=True)
 class Details:
     """What a run records besides its request (typed: each part exists only where it applies)."""
 
@@ -106,6 +118,7 @@ class Details:
     control: list[ControlUnitDetails] | None = None
     inpaint: InpaintDetails | None = None
     upscale: UpscaleDetails | None = None
+    panorama: PanoramaDetails | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -126,6 +139,7 @@ class Result:
     hints: list[Any] = field(default_factory=list)  # ControlNet hints, saved beside the images when asked
     # A large output as an (H, W, 3) uint8 array on disk (np.memmap); `images` then holds its preview
     canvas: Any = None
+    radiance: Any = None  # a panorama's HDR: (H, W, 3) float32 linear radiance, 1 = diffuse white
 
     @property
     def seed(self) -> int:

@@ -15,6 +15,7 @@ from studio.pipelines.controlnet import ControlNetRequest
 from studio.pipelines.img2img import Img2ImgRequest
 from studio.pipelines.inpaint import InpaintRequest
 from studio.pipelines.outpaint import OutpaintRequest
+from studio.pipelines.panorama import PanoramaRequest
 from studio.pipelines.txt2img import Txt2ImgRequest
 from studio.pipelines.upscale import UpscaleRequest
 
@@ -38,6 +39,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("inpaint", "Inpaint", InpaintRequest, "studio.ui.inpaint"),
     Task("outpaint", "Outpaint", OutpaintRequest, "studio.ui.outpaint"),
     Task("upscale", "Upscale", UpscaleRequest, "studio.ui.upscale"),
+    Task("panorama", "360° Panorama", PanoramaRequest, "studio.ui.panorama"),
 )}
 
 

@@ -152,11 +152,11 @@ def frame_data(page) -> dict:
     return page.locator("#sphere .sphere-frame").evaluate("frame => ({...frame.dataset})")
 
 
-def canvas_pixels(page) -> np.ndarray:
+def canvas_pixels(page, canvas: str = "#sphere canvas") -> np.ndarray:
     """The canvas as an H × W × 3 uint8 array (the drawing buffer is preserved, so any time after a render)."""
     from PIL import Image
 
-    url = page.locator("#sphere canvas").evaluate("canvas => canvas.toDataURL('image/png')")
+    url = page.locator(canvas).evaluate("canvas => canvas.toDataURL('image/png')")
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")).astype(int)
 
 

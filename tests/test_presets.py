@@ -227,8 +227,8 @@ def test_not_a_png(tmp_path):
         (preset_dict(model="sd3"), "unknown model 'sd3'; expected one of"),
         (preset_dict(model="sdxl-vae-fp16-fix"), "Model (model) must be a base model that can do txt2img"),
         (preset_dict(model="sdxl-base"), "Width (width) must be an integer in [256, 2048], got 96"),  # family limits
-        (preset_dict(task="panorama"), "task must be one of ['txt2img', 'img2img', 'controlnet', 'inpaint', 'outpaint', "
-                                        "'upscale'], got 'panorama'"),
+        (preset_dict(task="video"), "task must be one of ['txt2img', 'img2img', 'controlnet', 'inpaint', 'outpaint', "
+                                    "'upscale', 'panorama'], got 'video'"),
         (preset_dict(task="img2img"), "txt2img: Extra inputs are not permitted"),  # its sections must match
         (preset_dict(**{"camera.camera_pitch": 90}), "camera.camera_pitch: Input should be less than or equal to 60"),
         (preset_dict(**{"camera.aperture_f_number": "1.8"}), "camera.aperture_f_number: Input should be a valid number"),

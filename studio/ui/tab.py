@@ -190,12 +190,13 @@ def sampler(ctx: AppContext, task: Task, prefix: str) -> dict[str, Any]:
         guidance = widget(declared["guidance_scale"], d.guidance_scale, elem_id(prefix, "guidance"))
     with gr.Row():
         scheduler = widget(declared["scheduler"], d.scheduler, elem_id(prefix, "scheduler"))
-        batch_size = widget(declared["batch_size"], initial["batch_size"], elem_id(prefix, "batch-size"))
+        batch = ({"batch_size": widget(declared["batch_size"], initial["batch_size"], elem_id(prefix, "batch-size"))}
+                 if "batch_size" in declared else {})  # a panorama is one image
     with gr.Row(equal_height=True):
         seed = widget(declared["seed"], initial["seed"], elem_id(prefix, "seed"), scale=3)
         reuse = gr.Button("♻️ Last seed", size="sm", elem_id=elem_id(prefix, "reuse-seed"), scale=1, min_width=110)
-    return dict(num_inference_steps=steps, guidance_scale=guidance, scheduler=scheduler, seed=seed,
-                batch_size=batch_size, reuse=reuse)
+    return dict(num_inference_steps=steps, guidance_scale=guidance, scheduler=scheduler, seed=seed, reuse=reuse,
+                **batch)
 
 
 def style(ctx: AppContext, task: Task, prefix: str) -> dict[str, Any]:
@@ -223,9 +224,12 @@ def style(ctx: AppContext, task: Task, prefix: str) -> dict[str, Any]:
 
 # --- results -----------------------------------------------------------------------------------
 
-def results(prefix: str) -> dict[str, Any]:
-    """Status line, gallery, seed used, details, and the row for "Send to …" buttons."""
+def results(prefix: str, top: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Status line, gallery, seed used, details, and the row for "Send to …" buttons; `top` builds
+    what a tab shows first, between the status line and the gallery (the 360° viewer)."""
     status = gr.HTML(status_html("Ready."), elem_id=elem_id(prefix, "status"), elem_classes=["status-line"])
+    if top is not None:
+        top()
     # Two fixed columns: with Gradio's default (fit the columns to the images) one image gets a
     # full-width square cell that the gallery's height crops at the bottom.
     gallery = gr.Gallery(label="Images", format="png", columns=2, fit_columns=False, object_fit="contain",
