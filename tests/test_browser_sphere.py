@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import os
 from urllib.parse import urlparse
 
 import numpy as np
 import pytest
 
-from conftest import CHROMIUM, CHROMIUM_ARGS, browser_missing, free_port
+from conftest import free_port
 from studio.ui.sphere import ASSETS, LDR_NOTE, PLACEHOLDER, sphere_value, sphere_viewer
-from studio.ui.zoom import file_url
 
-UI_TIMEOUT_MS = 30_000
+# Importing test_browser applies its browser check (skip, or fail under STUDIO_REQUIRE_BROWSER=1).
+from test_browser import UI_TIMEOUT_MS, browser  # noqa: F401 (fixture)
+
 HEIGHT, WIDTH = 128, 256
 SUN_YAW, SUN_ELEVATION, SUN_RADIUS = 20.0, 25.0, 8.0  # degrees
 SUN = (64.0, 48.0, 16.0)  # linear RGB: 2^6 above white in red, so white at EV 0 and yellow at EV −6
@@ -50,14 +49,6 @@ def srgb_encode(linear: np.ndarray) -> np.ndarray:
     """Linear [0, 1] → 8-bit sRGB (IEC 61966-2-1)."""
     x = np.clip(linear, 0, 1)
     return np.round(255 * np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055)).astype(np.uint8)
-
-
-def test_value_is_json_of_file_urls_or_empty(tmp_path):
-    assert sphere_value(None, None) == ""
-    value = json.loads(sphere_value(tmp_path / "a b.hdr", tmp_path / "a.png"))
-    assert value == {"hdr": file_url(tmp_path / "a b.hdr"), "exr": None, "ldr": file_url(tmp_path / "a.png")}
-    assert value["hdr"].startswith("/gradio_api/file=/") and "a%20b.hdr" in value["hdr"]
-    assert json.loads(sphere_value(None, None, tmp_path / "a.exr"))["exr"] == file_url(tmp_path / "a.exr")
 
 
 # --- The viewer in a real browser -------------------------------------------------------------------
@@ -95,23 +86,6 @@ def sphere_app(tmp_path_factory):
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if (missing := browser_missing()) is not None:
-        if os.environ.get("STUDIO_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"STUDIO_REQUIRE_BROWSER=1 but {missing}", pytrace=False)
-        pytest.skip(missing)
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=UI_TIMEOUT_MS)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from studio.ui.sphere import sphere_value
+from studio.ui.zoom import file_url
+
 PLAN = json.dumps([{"yaw": y, "pitch": 0, "fov": 120} for y in (0, 90, 180, 270)]
                   + [{"yaw": 0, "pitch": 90, "fov": 120}, {"yaw": 0, "pitch": -90, "fov": 120}])
 FAST = dict(num_inference_steps=2, seed=3, model="tiny", width=512, views=PLAN)
@@ -54,3 +57,11 @@ def test_panorama_api_parameters_default_all_but_the_prompt(client):
 def test_panorama_api_refuses_bad_input(client, changes, message):
     with pytest.raises(Exception, match=re.escape(message)):
         client.predict(prompt="x", **{**FAST, **changes}, api_name="/panorama")
+
+
+def test_value_is_json_of_file_urls_or_empty(tmp_path):
+    assert sphere_value(None, None) == ""
+    value = json.loads(sphere_value(tmp_path / "a b.hdr", tmp_path / "a.png"))
+    assert value == {"hdr": file_url(tmp_path / "a b.hdr"), "exr": None, "ldr": file_url(tmp_path / "a.png")}
+    assert value["hdr"].startswith("/gradio_api/file=/") and "a%20b.hdr" in value["hdr"]
+    assert json.loads(sphere_value(None, None, tmp_path / "a.exr"))["exr"] == file_url(tmp_path / "a.exr")
