@@ -192,3 +192,20 @@ def test_the_png_of_a_panorama_restores_its_settings(manager, tmp_path):
     paths = save_panorama(result, tmp_path)
     task_name, fields = read_png_settings(paths[0])[:2]
     assert task_name == "panorama" and fields["views"] == SMALL_PLAN and fields["max_stops"] == 6.0
+
+
+def test_steep_views_are_told_where_they_look(manager, monkeypatch):
+    from studio.pipelines import inpaint as inpaint_module
+
+    prompts = []
+
+    def fake_repaint(request, models, on_step, plan):
+        prompts.append(request.prompt)
+        return inpaint_module.Result(request=request, images=[plan.image], seeds=[0], prompt="", negative_prompt="",
+                                     steps_done=1, total_steps=1, interrupted=False, details=None)
+
+    monkeypatch.setattr(inpaint_module, "repaint", fake_repaint)
+    run(request(), manager)
+    assert prompts[:3] == ["a lake at dawn, 360 panorama"] * 3  # the horizon views after the first
+    assert prompts[3] == f"a lake at dawn, 360 panorama, {panorama.UP_WORDS}"
+    assert prompts[4] == f"a lake at dawn, 360 panorama, {panorama.DOWN_WORDS}"

@@ -24,6 +24,18 @@ from studio.results import Details, PanoramaDetails, Result, StepCallback, StepE
 BRACKET_EV = (-3.0, -6.0)  # the brightest view repainted this many stops darker (Edify's figures reach −9)
 BRACKET_STRENGTH = 0.45  # enough for the model to redraw clipped highlights, little enough to keep the view
 BRACKET_WORDS = "underexposed photograph, dark exposure, detailed bright highlights"
+# Views looking steeply up or down are told so: the prompt describes the scene at eye level, and a
+# pole view without these words tends to paint another horizon into the sky or the ground.
+UP_WORDS, DOWN_WORDS, STEEP_PITCH = "looking straight up, the sky overhead", "looking straight down, the ground", 60.0
+
+
+def view_prompt(prompt: str, view: Any) -> str:
+    """The prompt a view is painted with: the user's, plus where the view looks when it is steep."""
+    if view.pitch >= STEEP_PITCH:
+        return f"{prompt}, {UP_WORDS}"
+    if view.pitch <= -STEEP_PITCH:
+        return f"{prompt}, {DOWN_WORDS}"
+    return prompt
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,7 +155,8 @@ def paint_view(request: PanoramaRequest, models: Any, progress: Progress, index:
     else:
         persp = e2p(canvas, view, size).round().clip(0, 255).astype(np.uint8)  # (size, size, 3)
         unknown = masks.grow_mask(~known, max(2, size // 64))  # the boundary is repainted too
-        raw = inpaint(request, models, progress.for_view(index, base), persp, unknown, index, progress)
+        raw = inpaint(request.replace(prompt=view_prompt(request.prompt, view)), models,
+                      progress.for_view(index, base), persp, unknown, index, progress)
         # Lighting that matches across views: the model's colours over the overlap -> the canvas's
         raw = blend.match_colour(raw, persp, known & ~unknown)
         alpha = masks.feather(unknown, request.mask_blur)  # (size, size) in [0, 1]; 0 keeps the canvas
