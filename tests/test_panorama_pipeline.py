@@ -40,6 +40,8 @@ def test_a_panorama_on_the_tiny_model(manager):
     painted = [e.detail for e in events if e.detail and e.detail.endswith("painted")]
     assert painted[0].startswith("View 1 of 6 (yaw 0°, pitch 0°)") and painted[-1].startswith("View 6 of 6")
     assert events[-1].step == events[-1].total == 6 * 2
+    shown = next(e for e in events if e.detail and e.detail.endswith("painted")).preview()
+    assert [im.size for im in shown] == [(512, 256), (64, 64)]  # the canvas so far and the latest view
     # The seam at 0°/360° is painted by one view, not stitched: no jump between the last and first column
     assert blend.wrap_ratio(ldr) < 1.6
     # The top and bottom rows are one point each on the sphere: nearly constant

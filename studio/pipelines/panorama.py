@@ -81,7 +81,10 @@ class Progress:
         from PIL import Image
 
         self.where = f"view {index + 1} of {len(self.views)} painted"
-        images = lambda: [Image.fromarray(canvas.round().clip(0, 255).astype("uint8")), view_image]  # noqa: E731
+        def images() -> list:  # the canvas so far (at most 2048 px wide, as a preview) and the new view
+            step = max(1, canvas.shape[1] // 2048)
+            return [Image.fromarray(canvas[::step, ::step].round().clip(0, 255).astype("uint8")), view_image]
+
         self.send(StepEvent((index + 1) * self.steps, self.total, images, detail=self.label() + " · painted"))
         if self.stop:
             raise Stopped(f"Stopped after view {index + 1} of {len(self.views)}; nothing was saved.")
