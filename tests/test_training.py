@@ -45,6 +45,23 @@ def tiny_config(**overrides) -> TrainConfig:
     ({"trigger_word": ""}, 3, "trigger_word must be 1 to 64 characters"),
     ({}, 2, "images must be count in [3, 30], got 2"),
     ({}, 31, "images must be count in [3, 30], got 31"),
+    ({"num_samples": 0}, 3, "num_samples must be an integer in [1, 8], got 0"),
+    ({"sample_steps": 151}, 3, "sample_steps must be an integer in [1, 150], got 151"),
+    ({"sample_prompt": " "}, 3, "sample_prompt must not be empty, got ' '"),
+    ({"class_prompt": "a dog", "num_class_images": 0}, 3, "num_class_images must be an integer in [1, 1000], got 0"),
+    ({"class_prompt": "a dog", "num_class_images": 1001}, 3, "num_class_images must be an integer in [1, 1000], got 1001"),
+    ({"class_prompt": "a dog", "class_steps": 0}, 3, "class_steps must be an integer in [1, 150], got 0"),
+    ({"class_prompt": "a dog", "prior_loss_weight": 0.0}, 3, "prior_loss_weight must be a finite number in (0, 10], got 0.0"),
+    ({"class_prompt": "a dog", "prior_loss_weight": 11.0}, 3, "prior_loss_weight must be a finite number in (0, 10], got 11.0"),
+    ({"class_prompt": "a dog", "prior_loss_weight": float("inf")}, 3, "prior_loss_weight must be a finite number in (0, 10], got inf"),
+    ({"train_text_encoder": True, "text_encoder_lr": 0.02}, 3, "text_encoder_lr must be a finite number in (0, 0.01], got 0.02"),
+    ({"train_text_encoder": True, "text_encoder_lr": float("nan")}, 3, "text_encoder_lr must be a finite number in (0, 0.01], got nan"),
+    ({"train_text_encoder": 1}, 3, "train_text_encoder must be True or False, got 1"),
+    ({"optimizer": "sgd"}, 3, "optimizer must be one of 'adamw', 'prodigy', got 'sgd'"),
+    ({"optimizer": "prodigy", "learning_rate": 11.0}, 3, "learning_rate must be a finite number in (0, 10], got 11.0"),
+    ({"learning_rate": 1.0}, 3, "learning_rate must be a finite number in (0, 0.01], got 1.0"),  # 1.0 is Prodigy's
+    ({"mixed_precision": "fp8"}, 3, "mixed_precision must be one of 'auto', 'bf16', 'fp16', 'no', got 'fp8'"),
+    ({"gradient_checkpointing": "yes"}, 3, "gradient_checkpointing must be True or False, got 'yes'"),
 ])
 def test_config_errors_name_field_range_and_value(overrides, images, message):
     with pytest.raises(ValueError) as caught:
@@ -56,7 +73,17 @@ def test_default_config_is_valid_and_prompt_has_trigger():
     config = TrainConfig(model="tiny", trigger_word="sks")
     config.validate(3)
     assert (config.rank, config.lora_alpha, config.learning_rate, config.max_train_steps) == (16, 16.0, 1e-4, 800)
-    assert config.prompt == "a photo of sks"
+    assert config.prompt == "a photo of sks" and config.samples_prompt == "a photo of sks"
+    assert (config.num_samples, config.sample_steps, config.optimizer, config.mixed_precision) == (2, 25, "adamw", "auto")
+    assert not config.prior_preservation and config.num_class_images == 100 and config.prior_loss_weight == 1.0
+    assert not config.train_text_encoder and config.text_encoder_lr == 5e-5 and config.gradient_checkpointing
+
+
+def test_options_off_are_not_validated_and_prodigy_takes_rate_one():
+    # settings of an option that is off cannot make a run fail
+    tiny_config(num_class_images=0, prior_loss_weight=0.0, text_encoder_lr=1.0).validate(3)
+    tiny_config(optimizer="prodigy", learning_rate=1.0).validate(3)
+    tiny_config(class_prompt="a dog", num_class_images=1000, prior_loss_weight=10.0).validate(3)
 
 
 # -- buckets and order ----------------------------------------------------------------------------
@@ -202,6 +229,8 @@ def test_checkpoints_hold_only_safetensors_and_json(trained):
         assert all(name.endswith((".safetensors", ".json")) for name in files), files
     state = checkpoints.load_checkpoint(run_dir / "checkpoint-6")
     assert state.step == 6 and len(state.losses) == 6 and state.rng["torch_cpu"].dtype.is_floating_point is False
+    assert state.lora and all(k.startswith("unet.") and ".lora_" in k for k in state.lora)
+    assert state.scaler is None and "scaler.json" not in files  # only fp16 runs have a gradient scaler
 
 
 def test_incomplete_checkpoints_are_ignored(tmp_path):
@@ -230,6 +259,43 @@ def test_optimizer_state_round_trips_without_pickle():
         assert torch.equal(restored.state_dict()["state"][0][name], value)
 
 
+def test_prodigy_state_round_trips_through_a_checkpoint_without_pickle(tmp_path):
+    """Prodigy keeps per-parameter tensors and an int step, and in its parameter groups its
+    step-size estimate (d, d_max, sums) as floats and growth_rate = inf, which JSON cannot hold."""
+    import math
+
+    import torch
+    from prodigyopt import Prodigy
+
+    def optimizer_of(p):
+        return Prodigy([p], lr=1.0, weight_decay=0.01, safeguard_warmup=True, use_bias_correction=True)
+
+    def steps(p, optimizer, n):
+        for _ in range(n):
+            optimizer.zero_grad()
+            ((p - 3.0) ** 2).sum().backward()
+            optimizer.step()
+
+    p = torch.nn.Parameter(torch.linspace(-1, 1, 5))
+    optimizer = optimizer_of(p)
+    steps(p, optimizer, 3)
+    scaler = {"scale": 32768.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+              "_growth_tracker": 7}
+    state = checkpoints.CheckpointState(3, {"unet.p": p.detach()}, optimizer.state_dict(), {}, {}, scaler=scaler)
+    folder = checkpoints.save_checkpoint(tmp_path, 3, state)
+    assert all(f.suffix in (".json", ".safetensors") for f in folder.iterdir())
+    loaded = checkpoints.load_checkpoint(folder)
+    assert loaded.scaler == scaler
+    assert math.isinf(loaded.optimizer["param_groups"][0]["growth_rate"])
+
+    q = torch.nn.Parameter(loaded.lora["unet.p"].clone())
+    restored = optimizer_of(q)
+    restored.load_state_dict(loaded.optimizer)
+    steps(p, optimizer, 2)
+    steps(q, restored, 2)
+    assert torch.equal(p, q) and optimizer.param_groups[0]["d"] == restored.param_groups[0]["d"]
+
+
 def test_a_resume_with_other_settings_is_refused(trained, tmp_path):
     import shutil
 
@@ -248,19 +314,24 @@ def test_only_full_base_models_train(manager, tmp_path):
         train(tiny_config(model="tiny-fast"), photos(), None, manager, tmp_path)
 
 
-def test_sd15_model_trains_and_its_lora_loads(manager, tmp_path):
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+def test_sd15_model_trains_and_its_lora_loads(manager, tmp_path, train_text_encoder):
     from studio.models.loading import load_from_pretrained
     from studio.training.lora_train import train
 
-    config = tiny_config(model="tiny-sd15", max_train_steps=2, rank=4, alpha=8.0)
+    config = tiny_config(model="tiny-sd15", max_train_steps=2, rank=4, alpha=8.0, train_text_encoder=train_text_encoder)
     result = train(config, photos(), ["a", None, "b"], manager, tmp_path)
     assert result.state == "done" and len(result.losses) == 2
     entry = manager.registry.get("tiny-sd15")
     pipe = load_from_pretrained(manager.source(entry), entry, "float32")
     pipe.load_lora_weights(str(result.lora_path), adapter_name="trained")
-    assert pipe.get_list_adapters() == {"unet": ["trained"]}
+    expected = {"unet": ["trained"], "text_encoder": ["trained"]} if train_text_encoder else {"unet": ["trained"]}
+    assert pipe.get_list_adapters() == expected
     lora = pipe.unet.peft_config["trained"]  # rank and alpha read from the file's adapter metadata
     assert (lora.r, lora.lora_alpha) == (4, 8.0)
+    if train_text_encoder:
+        lora = pipe.text_encoder.peft_config["trained"]
+        assert (lora.r, lora.lora_alpha, sorted(lora.target_modules)) == (4, 8.0, ["k_proj", "out_proj", "q_proj", "v_proj"])
 
 
 def test_a_stop_at_the_last_step_still_finishes(manager, tmp_path):

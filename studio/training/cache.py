@@ -1,6 +1,8 @@
 """What training reads every step, computed once: VAE latents per (photo, mirrored) and text
 embeddings per caption. The VAE and text encoders are frozen, so recomputing them each step
-would only cost time."""
+would only cost time. When the text encoders are trained (text-encoder LoRA) only their token
+ids are cached, and `encode_tokens` runs them every step: the same function makes the cache, so
+both paths give the same embeddings for the same weights."""
 
 from __future__ import annotations
 
@@ -46,16 +48,43 @@ def encode_latents(vae: Any, examples: Sequence[Example], flips: Sequence[bool],
 
 
 def encode_captions(pipe: Any, captions: Sequence[str], device: str) -> dict[str, TextEmbedding]:
-    """{caption: TextEmbedding} through the pipeline's own `encode_prompt` (both encoders on SDXL)."""
+    """{caption: TextEmbedding} for each distinct caption, the text encoders frozen."""
     import torch
 
     embeddings = {}
     with torch.no_grad():
-        for caption in dict.fromkeys(captions):  # each distinct caption once, in order
-            out = pipe.encode_prompt(caption, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
-            pooled = out[2][0].float() if is_sdxl(pipe) else None  # SDXL: (embeds, neg, pooled, neg pooled)
-            embeddings[caption] = TextEmbedding(out[0][0].float(), pooled)
+        for caption, ids in tokenize_captions(pipe, captions).items():
+            hidden, pooled = encode_tokens(pipe, [i[None] for i in ids], device)
+            embeddings[caption] = TextEmbedding(hidden[0].float(), None if pooled is None else pooled[0].float())
     return embeddings
+
+
+def tokenize_captions(pipe: Any, captions: Sequence[str]) -> dict[str, tuple]:
+    """{caption: one (77,) token-id tensor per tokenizer}, padded and truncated as diffusers'
+    `encode_prompt` does (77 tokens: CLIP's context)."""
+    tokenizers = [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t is not None]
+    return {caption: tuple(t(caption, padding="max_length", max_length=t.model_max_length, truncation=True,
+                             return_tensors="pt").input_ids[0] for t in tokenizers)
+            for caption in dict.fromkeys(captions)}  # each distinct caption once, in order
+
+
+def encode_tokens(pipe: Any, ids: Sequence[Any], device: str) -> tuple[Any, Any | None]:
+    """(hidden states (B, 77, D), SDXL's pooled embedding (B, P) or None) of token ids (one (B, 77)
+    tensor per text encoder), as diffusers' `encode_prompt` computes them: SD1.5 reads the last
+    layer (after the final norm); SDXL concatenates both encoders' penultimate layers and pools
+    with the second encoder's projection. (Like `encode_prompt` we pass no attention mask: CLIP
+    text encoders are trained without one.)"""
+    import torch
+
+    if not is_sdxl(pipe):
+        return pipe.text_encoder(ids[0].to(device))[0], None
+    hidden, pooled = [], None
+    for encoder, tokens in zip((pipe.text_encoder, pipe.text_encoder_2), ids):
+        out = encoder(tokens.to(device), output_hidden_states=True)
+        if out[0].ndim == 2:  # CLIPTextModelWithProjection's text_embeds (B, P)
+            pooled = out[0]
+        hidden.append(out.hidden_states[-2])
+    return torch.cat(hidden, dim=-1), pooled
 
 
 def time_ids(example: Example) -> list[int]:

@@ -1,13 +1,18 @@
 """Training checkpoints: one folder per step, written atomically, with no pickle anywhere.
 
 <run>/checkpoint-<step>/ holds
-  lora.safetensors       the trainable LoRA parameters, by their UNet parameter names
+  lora.safetensors       the trainable LoRA parameters, as "<component>.<parameter name>"
+                         ("unet.down_blocks...", "text_encoder.encoder.layers...")
   optimizer.safetensors  the optimizer's tensors ("state.<param id>.<name>")
-  optimizer.json         the rest of the optimizer's state_dict (param groups, non-tensor state)
+  optimizer.json         the rest of the optimizer's state_dict (param groups, non-tensor state:
+                         AdamW's hyperparameters, Prodigy's step-size estimate d and its sums)
   scheduler.json         the LR scheduler's state_dict (numbers only)
+  scaler.json            fp16 runs only: the gradient scaler's state_dict (scale, growth tracker)
   rng.safetensors        torch's CPU generator state (uint8) and, when present, each CUDA device's
   state.json             step, the config, the loss history
   manifest.json          written last: its presence means the checkpoint is complete
+JSON has no infinity or nan (Prodigy's growth_rate is inf by default), so such floats are written
+as {"float": "inf"} and read back as floats.
 The folder is written as checkpoint-<step>.tmp, every file fsynced, then renamed: a crash leaves
 either a complete checkpoint or a .tmp folder that `latest_checkpoint` ignores.
 """
@@ -15,6 +20,7 @@ either a complete checkpoint or a .tmp folder that `latest_checkpoint` ignores.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -35,6 +41,7 @@ class CheckpointState:
     rng: dict[str, Any]  # "torch_cpu" and "cuda_<i>" -> uint8 tensors
     config: dict[str, Any] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
+    scaler: dict[str, Any] | None = None  # torch.amp.GradScaler state_dict (fp16 runs); None: no scaler
 
 
 def flatten_optimizer(state_dict: dict) -> tuple[dict[str, Any], dict]:
@@ -78,6 +85,8 @@ def save_checkpoint(run_dir: str | Path, step: int, state: CheckpointState) -> P
         "rng.safetensors": lambda p: save_file(_plain(state.rng), p),
         "state.json": lambda p: _write_json(p, {"step": step, "config": state.config, "losses": state.losses}),
     }
+    if state.scaler is not None:
+        files["scaler.json"] = lambda p: _write_json(p, state.scaler)
     for name, write in files.items():
         write(tmp / name)
         _fsync(tmp / name)
@@ -111,18 +120,24 @@ def load_checkpoint(folder: str | Path) -> CheckpointState:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    state = json.loads((folder / "state.json").read_text())
-    optimizer = unflatten_optimizer(load_file(folder / "optimizer.safetensors"),
-                                    json.loads((folder / "optimizer.json").read_text()))
+    state = _read_json(folder / "state.json")
+    optimizer = unflatten_optimizer(load_file(folder / "optimizer.safetensors"), _read_json(folder / "optimizer.json"))
+    scaler = folder / "scaler.json"
     return CheckpointState(
         step=state["step"],
         lora=load_file(folder / "lora.safetensors"),
         optimizer=optimizer,
-        scheduler=json.loads((folder / "scheduler.json").read_text()),
+        scheduler=_read_json(folder / "scheduler.json"),
         rng=load_file(folder / "rng.safetensors"),
         config=state["config"],
         losses=state["losses"],
+        scaler=_read_json(scaler) if scaler.is_file() else None,
     )
+
+
+def load_config(folder: str | Path) -> dict[str, Any]:
+    """The settings of the run that wrote checkpoint `folder` (its state.json only)."""
+    return _read_json(Path(folder) / "state.json")["config"]
 
 
 def _plain(tensors: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +146,26 @@ def _plain(tensors: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=1, allow_nan=False))
+    path.write_text(json.dumps(_encode_floats(data), indent=1, allow_nan=False))
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(), object_hook=_decode_float)
+
+
+def _encode_floats(value: Any) -> Any:
+    """`value` with every inf, -inf or nan float replaced by {"float": "inf"} (or "-inf", "nan")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"float": repr(value)}
+    if isinstance(value, dict):
+        return {k: _encode_floats(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode_floats(v) for v in value]
+    return value
+
+
+def _decode_float(obj: dict) -> Any:
+    return float(obj["float"]) if obj.keys() == {"float"} else obj
 
 
 def _fsync(path: Path) -> None:

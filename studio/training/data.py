@@ -95,3 +95,24 @@ def batch_at(seed: int, k: int, buckets: Sequence[tuple[int, int]], batch_size: 
     epoch, j = divmod(k, per_epoch)
     batches, flips = epoch_plan(seed, epoch, buckets, batch_size, random_flip)
     return [(i, flips[i]) for i in batches[j]]
+
+
+# Class images' order seeds: apart from the photos' (seed + epoch, far below 2**62).
+CLASS_SEED_OFFSET = 2**62
+
+
+def class_batch_at(seed: int, k: int, count: int, batch_size: int, num_class: int,
+                   random_flip: bool) -> list[tuple[int, bool]]:
+    """The `count` class images (prior preservation) that join batch k, as [(index, mirrored), ...].
+
+    Slot j of batch k is position k * batch_size + j of an endless sequence of epochs over the
+    class images, each epoch a permutation (and mirror coins) drawn as `epoch_plan` draws the
+    photos', from seed + CLASS_SEED_OFFSET: every class image is seen once per epoch, and the
+    choice depends on (seed, k) alone, like `batch_at`'s."""
+    chosen = []
+    same_size = [(0, 0)] * num_class  # the class images share one bucket: one permutation per epoch
+    for position in range(k * batch_size, k * batch_size + count):
+        epoch, j = divmod(position, num_class)
+        (order,), flips = epoch_plan(CLASS_SEED_OFFSET + seed, epoch, same_size, num_class, random_flip)
+        chosen.append((order[j], flips[order[j]]))
+    return chosen

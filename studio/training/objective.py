@@ -9,37 +9,50 @@ from typing import Any
 from studio.training.cache import TextEmbedding, time_ids
 from studio.training.data import Example
 
+# Stream 1 (the prior-preservation part of a batch) adds 2**63: seeds apart from stream 0's,
+# which lie below 2**63. torch generators take seeds up to 2**64 - 1.
+STREAM_OFFSET = 2**63
 
-def batch_seed(seed: int, batch_index: int) -> int:
+
+def batch_seed(seed: int, batch_index: int, stream: int = 0) -> int:
     """The seed of batch `batch_index`'s noise and timesteps: a function of (seed, batch) only, so
     a resumed run draws exactly what an uninterrupted one would, with no generator state stored."""
-    return (seed * 2**32 + batch_index) % 2**63
+    return (seed * 2**32 + batch_index) % 2**63 + stream * STREAM_OFFSET
 
 
-def draw_noise(seed: int, batch_index: int, shape: Sequence[int], num_train_timesteps: int) -> tuple[Any, Any]:
-    """(noise (B, C, h, w), timesteps (B,)) for one batch; timesteps uniform in [0, T)."""
+def draw_noise(seed: int, batch_index: int, shape: Sequence[int], num_train_timesteps: int,
+               stream: int = 0) -> tuple[Any, Any]:
+    """(noise (B, C, h, w), timesteps (B,)) for one batch; timesteps uniform in [0, T). Stream 0
+    is the photos' part of the batch, stream 1 its class images' part."""
     import torch
 
-    generator = torch.Generator().manual_seed(batch_seed(seed, batch_index))
+    generator = torch.Generator().manual_seed(batch_seed(seed, batch_index, stream))
     noise = torch.randn(tuple(shape), generator=generator)
     timesteps = torch.randint(0, num_train_timesteps, (shape[0],), generator=generator)
     return noise, timesteps
 
 
+def stack_texts(captions: Sequence[str], texts: dict[str, TextEmbedding]) -> tuple[Any, Any | None]:
+    """Cached (hidden states (B, 77, D), pooled (B, P) or None) of `captions`."""
+    import torch
+
+    embeds = [texts[c] for c in captions]
+    pooled = torch.stack([e.pooled for e in embeds]) if embeds[0].pooled is not None else None
+    return torch.stack([e.hidden for e in embeds]), pooled
+
+
 def assemble_batch(batch: Sequence[tuple[int, bool]], examples: Sequence[Example], latents: dict,
-                   texts: dict[str, TextEmbedding]) -> tuple[Any, Any, dict | None]:
-    """(latents (B, C, h, w), text hidden states (B, 77, D), SDXL's added_cond_kwargs or None)."""
+                   pooled: Any | None) -> tuple[Any, dict | None]:
+    """(latents (B, C, h, w), SDXL's added_cond_kwargs (pooled text, micro-conditioning) or None)."""
     import torch
 
     x0 = torch.stack([latents[(i, flip)] for i, flip in batch])
-    embeds = [texts[examples[i].caption] for i, _ in batch]
-    hidden = torch.stack([e.hidden for e in embeds])
-    if embeds[0].pooled is None:
-        return x0, hidden, None
-    added = {"text_embeds": torch.stack([e.pooled for e in embeds]),  # (B, P)
+    if pooled is None:
+        return x0, None
+    added = {"text_embeds": pooled,  # (B, P)
              "time_ids": torch.tensor([time_ids(examples[i]) for i, _ in batch], dtype=torch.float32,
                                       device=x0.device)}  # (B, 6)
-    return x0, hidden, added
+    return x0, added
 
 
 def signal_to_noise(alphas_cumprod: Any, timesteps: Any) -> Any:
