@@ -29,9 +29,10 @@ def generate(client, **overrides):
 
 def test_only_the_api_endpoints_are_public(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert sorted(endpoints) == ["/apply_preset", "/control_hint", "/controlnet", "/img2img", "/inpaint", "/loras",
-                                 "/outpaint", "/panorama", "/preset", "/presets", "/stop_training", "/train_lora",
-                                 "/train_status", "/txt2img", "/upscale"]
+    assert sorted(endpoints) == ["/apply_preset", "/control_hint", "/controlnet", "/discard_training_run", "/img2img",
+                                 "/inpaint", "/loras", "/outpaint", "/panorama", "/preset", "/presets",
+                                 "/resume_training", "/stop_training", "/train_lora", "/train_status",
+                                 "/training_runs", "/txt2img", "/upscale"]
     names = [p["parameter_name"] for p in endpoints["/txt2img"]["parameters"]]
     assert names[:9] == list(ARGS)
 

@@ -69,7 +69,7 @@ def test_a_panorama_in_the_page_is_planned_painted_and_explored(app, page):
     hrefs = links.evaluate_all("links => links.map(a => a.href)")
     for suffix in (".hdr", ".exr", "-ev0.png", "-ev-9.png", "-cubemap.png", "-pan.mp4"):
         assert any(h.endswith(suffix) for h in hrefs), (suffix, hrefs)
-    expect(page.locator("#panorama-video video")).to_have_count(1)
+    expect(page.locator("#panorama-pan video")).to_have_count(1)
 
     # The viewer shows the HDR: not blank; dragging turns it; the exposure slider re-exposes it
     page.wait_for_function(f"() => document.querySelector('{VIEWER}')?.dataset.state === 'ready'")

@@ -146,12 +146,13 @@ class Leased(Exception):
 
 
 def images_for(name: str) -> dict:
+    """A task's own inputs: its images, or a panorama's canvas width."""
     photo = Image.new("RGB", (64, 64), (120, 90, 60))
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))
     return {"txt2img": {}, "img2img": dict(image=photo), "controlnet": dict(control_image=photo, control_type="canny"),
             "inpaint": dict(image=photo, mask=mask), "outpaint": dict(image=photo),
-            "upscale": dict(image=photo, slider=1)}[name]
+            "upscale": dict(image=photo, slider=1), "panorama": dict(width=512)}[name]
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -165,8 +166,48 @@ def test_every_task_leases_the_combined_stack(lib_manager, monkeypatch, name):
     monkeypatch.setattr(lib_manager, "lease", lease)
     request_type = TASKS[name].request
     fields = {k: v for k, v in BASE.items() if k in request_type.__dataclass_fields__}
-    request = request_type(**{**fields, "prompt": "a cat <lora:mine:0.5>"}, loras="tiny-lora-b:0.25",
-                           **images_for(name))
+    request = request_type(**{**fields, "prompt": "a cat <lora:mine:0.5>", **images_for(name)},
+                           loras="tiny-lora-b:0.25")
     with pytest.raises(Leased):
         TASKS[name].run(request, lib_manager)
     assert asked["loras"] == [("tiny-lora-b", 0.25), ("mine", 0.5)]
+
+
+# -- the LoRA picker under every tab's LoRAs box ---------------------------------------------------
+
+@pytest.mark.parametrize("typed, expected", [
+    ("", "mine:1.0"),
+    (None, "mine:1.0"),
+    ("other:0.5", "other:0.5, mine:1.0"),
+    ("other:0.5 ,  ", "other:0.5, mine:1.0"),  # a trailing comma is not doubled
+    ("other:0.5,mine:0.3", "other:0.5,mine:0.3"),  # already there: kept at the user's weight
+    ("odd text the user typed", "odd text the user typed, mine:1.0"),  # kept as typed, for validation to judge
+])
+def test_picking_a_lora_appends_it_once_and_keeps_what_was_typed(typed, expected):
+    from studio.ui.lora_picker import add_lora
+
+    assert add_lora(typed, "mine") == expected
+
+
+def test_the_picker_shows_name_trigger_and_base_model(library, lora_files):
+    from studio.loras import LoraLibrary
+    from studio.ui.lora_picker import choice_label, library_records, trigger_hint
+
+    [record] = library_records(LoraLibrary(library))
+    assert record["name"] == "mine"
+    assert choice_label(record) == "mine — no trigger word — unknown base model"  # its file says neither
+    trained = dict(name="dog", trigger_word="sks", base_model="tiny")
+    assert choice_label(trained) == "dog — sks — tiny"
+    assert trigger_hint(trained) == "Add 'sks' to the prompt: dog was trained on that word."
+    assert trigger_hint({**trained, "trigger_word": None}) == "dog has no trigger word: it works on any prompt."
+
+
+def test_every_generation_tab_has_a_picker(registry, tiny_cache, tmp_path):
+    from studio.ui import build_app
+
+    demo = build_app(ModelManager(registry, cache_dir=tiny_cache), "tiny", tmp_path / "outputs", tmp_path / "presets",
+                     lora_dir=tmp_path / "loras")
+    ids = {block.elem_id for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+    prefixes = ["" if name == "txt2img" else f"{name}-" for name in TASKS]
+    assert len(prefixes) == 7
+    assert {f"{prefix}lora-pick" for prefix in prefixes} <= ids and {f"{prefix}lora-hint" for prefix in prefixes} <= ids

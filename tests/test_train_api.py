@@ -1,8 +1,10 @@
 """LoRA training through the running app's API: /train_lora starts a background run on the tiny
-model, /train_status follows it, /stop_training ends it, /loras lists the library."""
+model, /train_status follows it (with its sample images), /stop_training ends it, /training_runs
+lists the runs on disk, /resume_training continues a stopped one, /loras lists the library."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -125,6 +127,95 @@ def test_stop_ends_a_long_run_as_stopped_with_a_checkpoint(studio, photos):
     assert "long-run" not in [r["name"] for r in client.predict(api_name="/loras")]
 
 
+def test_the_advanced_keywords_train_with_samples_and_the_run_is_listed(studio, photos):
+    client, tmp = studio
+    job_id = train(client, photos, name="advanced", max_train_steps=4, sample_every=2, num_samples=1,
+                   sample_prompt="{trigger} on the moon", class_prompt="a photo of a dog", num_class_images=2,
+                   prior_loss_weight=0.5, train_text_encoder=True, text_encoder_lr=1e-4, optimizer="prodigy",
+                   learning_rate=1.0, gradient_accumulation=2, batch_size=1, min_snr_gamma="", random_flip=False)
+    record = wait_for(client, job_id, ("done",), timeout_s=240)
+    samples = tmp / "training" / "advanced" / "samples"
+    assert record["samples"] == [str(samples / "step-000004-0.png")] and record["sample_step"] == 4
+    assert record["sample_prompt"] == "sks on the moon" and (samples / "step-000002-0.png").is_file()
+    runs = {r["name"]: r for r in client.predict(api_name="/training_runs")}
+    assert {k: runs["advanced"][k] for k in ("model", "state", "step", "total")} == dict(
+        model="tiny", state="done", step=4, total=4)
+    saved = json.loads((tmp / "training" / "advanced" / "job.json").read_text())["config"]
+    assert (saved["optimizer"], saved["class_prompt"], saved["min_snr_gamma"], saved["gradient_accumulation"]) == (
+        "prodigy", "a photo of a dog", None, 2)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"sample_every": 0}, "sample_every must be an integer in [1, 20000], got 0"),
+    ({"gradient_accumulation": 0}, "gradient_accumulation must be an integer in [1, 64], got 0"),
+    ({"min_snr_gamma": "-1"}, "min_snr_gamma must be a positive number or None, got -1.0"),
+    ({"optimizer": "sgd"}, "sgd is not in the list of choices"),
+    ({"class_prompt": "a photo of a dog", "num_class_images": 0}, "num_class_images"),
+    ({"train_text_encoder": True, "text_encoder_lr": -1}, "text_encoder_lr"),
+])
+def test_bad_advanced_settings_are_clear_errors_and_start_no_job(studio, photos, overrides, message):
+    from gradio_client.exceptions import AppError
+
+    client, tmp = studio
+    with pytest.raises(AppError) as caught:
+        train(client, photos, name="bad-advanced", **overrides)
+    assert message in str(caught.value)
+    assert not (tmp / "training" / "bad-advanced").exists()
+
+
+def test_a_stopped_run_resumes_through_the_api(studio, photos):
+    from gradio_client.exceptions import AppError
+
+    client, tmp = studio
+    job_id = train(client, photos, name="resumed", max_train_steps=20000)
+    wait_for(client, job_id, ("running",))
+    client.predict(job_id=job_id, api_name="/stop_training")
+    stopped = wait_for(client, job_id, ("stopped",))
+    run = {r["name"]: r for r in client.predict(api_name="/training_runs")}["resumed"]
+    assert (run["state"], run["step"], run["job_id"]) == ("stopped", stopped["step"], None)
+    again = client.predict(name="resumed", api_name="/resume_training")
+    record = wait_for(client, again, ("running",))
+    assert record["step"] > stopped["step"] and len(record["losses"]) == record["step"]  # it went on from there
+    client.predict(job_id=again, api_name="/stop_training")
+    wait_for(client, again, ("stopped",))
+    with pytest.raises(AppError, match="LoRA name must be"):
+        client.predict(name="../loras", api_name="/discard_training_run")
+    client.predict(name="resumed", api_name="/discard_training_run")
+    assert not (tmp / "training" / "resumed").exists() and (tmp / "loras").is_dir()
+    assert "resumed" not in [r["name"] for r in client.predict(api_name="/training_runs")]
+
+
+def test_a_run_killed_with_studio_is_offered_again_and_resumes_from_its_checkpoint(tmp_path, tiny_cache, photos):
+    from gradio_client import Client
+
+    args = ("--model", "tiny", "--lora-dir", str(tmp_path / "loras"))
+    proc, url, _ = start_app(tmp_path, tiny_cache, *args)
+    try:
+        client = Client(url, verbose=False)
+        job_id = train(client, photos, name="killed", max_train_steps=20000, checkpoint_every=5)
+        deadline = time.monotonic() + 120
+        while client.predict(job_id=job_id, api_name="/train_status")["step"] <= 5:  # past the first checkpoint
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        proc.kill()  # SIGKILL: no chance to write anything more
+        proc.wait()
+    proc, url, _ = start_app(tmp_path, tiny_cache, *args)
+    try:
+        client = Client(url, verbose=False)
+        run = {r["name"]: r for r in client.predict(api_name="/training_runs")}["killed"]
+        assert (run["state"], run["total"], run["job_id"]) == ("interrupted", 20000, None)
+        assert run["step"] >= 5 and run["step"] % 5 == 0  # its newest complete checkpoint
+        job_id = client.predict(name="killed", api_name="/resume_training")
+        record = wait_for(client, job_id, ("running",))
+        assert record["step"] > run["step"]
+        assert len(record["losses"]) == record["step"]  # the curve goes on from the checkpoint's losses
+        client.predict(job_id=job_id, api_name="/stop_training")
+        wait_for(client, job_id, ("stopped",))
+    finally:
+        stop_app(proc)
+
+
 def test_a_generation_waits_for_a_run_then_succeeds(studio, photos):
     client, _ = studio
     job_id = train(client, photos, name="holds-gpu", max_train_steps=60)
@@ -172,7 +263,7 @@ def test_one_name_trains_once_at_a_time_and_captions_are_one_per_photo(manager, 
 
     release = threading.Event()
 
-    def slow(config, images, captions, models, run_dir, on_step=None):
+    def slow(config, images, captions, models, run_dir, on_step=None, on_sample=None):
         on_step(StepEvent(1, config.max_train_steps, message="loss 0.5000"))
         release.wait(10)
         return TrainResult("stopped", 1, [0.5], None)
@@ -191,9 +282,55 @@ def test_one_name_trains_once_at_a_time_and_captions_are_one_per_photo(manager, 
 
 
 def test_captions_are_matched_by_order_and_padded_with_the_prompt():
-    from studio.ui.train import parse_captions
+    from studio.ui.train_settings import parse_captions
 
     assert parse_captions("", 3) is None
     assert parse_captions("a dog\n\nthe dog asleep\n\n", 4) == ["a dog", None, "the dog asleep", None]
     with pytest.raises(ValueError, match=r"at most one line per photo \(3\), got 4 lines"):
         parse_captions("a\nb\nc\nd", 3)
+
+
+def page_values(**changes) -> dict:
+    """The Train tab's values as the page sends them untouched, with `changes`."""
+    from studio.ui.train_settings import PENDING, trainer_default
+
+    names = ["trigger_word", "instance_prompt", "max_train_steps", "rank", "learning_rate", "seed", "model", "name",
+             "batch_size", "random_flip", "sample_every", "checkpoint_every", "train_text_encoder",
+             "gradient_accumulation",
+             *PENDING]
+    values = {name: trainer_default(name) for name in names}
+    return {**values, "images": [], "captions": "", "min_snr_gamma": "5", "model": "tiny", "trigger_word": "sks",
+            **changes}
+
+
+def test_the_page_values_make_the_config(tmp_path):
+    from studio.training.config import TrainConfig
+    from studio.ui.train_settings import make_job
+
+    paths = []
+    for i, image in enumerate(blank_photos()):
+        paths.append(str(tmp_path / f"{i}.png"))
+        image.save(paths[-1])
+    config, photos, captions = make_job(page_values(images=paths, captions="a dog\n", max_train_steps=6.0,
+                                                    min_snr_gamma=" ", name="mine"))
+    assert config == TrainConfig(model="tiny", trigger_word="sks", name="mine", max_train_steps=6, min_snr_gamma=None)
+    assert isinstance(config.max_train_steps, int) and len(photos) == 3 and captions == ["a dog", None, None]
+
+
+def test_the_runs_notice_says_where_a_run_stopped_and_why():
+    from studio.ui.train import describe, run_notice
+
+    run = dict(name="my-dog", state="interrupted", step=300, total=800)
+    assert run_notice(run, 1) == ("The run 'my-dog' stopped at step 300 of 800 when Studio closed. Resume continues "
+                                  "it from its last checkpoint; Discard deletes its folder.")
+    assert run_notice({**run, "state": "stopped"}, 3).startswith("The run 'my-dog' was stopped at step 300 of 800.")
+    assert run_notice(run, 3).endswith("2 more unfinished: pick one below.")
+    queued = dict(state="queued", step=0, total=800, message="generating class image 3 of 100")
+    assert describe(queued) == ("Generating class image 3 of 100", "waiting")
+
+
+def test_the_library_table_shows_short_dates():
+    from studio.ui.train import short_date
+
+    assert short_date("2026-11-30T12:15:06+00:00") == "2026-11-30 12:15"
+    assert short_date("last spring") == "last spring" and short_date(None) is None

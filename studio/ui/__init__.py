@@ -25,7 +25,9 @@ def build_app(manager: Any, default_model: str, outputs_dir: Path, user_presets:
         if notice:
             gr.Markdown(f"**Notice:** {notice}", elem_id="model-notice")
         history = gr.State([])
-        ctx = AppContext(manager, default_model, Path(outputs_dir), StopFlags(), history, load_styles())
+        # Before the tabs: their LoRA pickers list its library, and it marks runs a restart cut short
+        jobs = TrainingJobs(manager, Path(lora_dir))
+        ctx = AppContext(manager, default_model, Path(outputs_dir), StopFlags(), history, load_styles(), jobs.library)
         store = PresetStore(manager.registry, user_presets)
         presets_slot = gr.Column()
         active = gr.State("txt2img")  # the tab shown: what "save" and "share" take their settings from
@@ -36,7 +38,7 @@ def build_app(manager: Any, default_model: str, outputs_dir: Path, user_presets:
                     tabs.append(importlib.import_module(task.ui).build_tab(ctx))
                 page.select(lambda name=task.name: name, None, active, api_visibility="private", queue=False)
             with gr.Tab("Train LoRA", id="train"):  # not a task: it makes a LoRA, not images
-                build_train_tab(TrainingJobs(manager, Path(lora_dir)), manager.registry, default_model)
+                build_train_tab(jobs, manager.registry, default_model)
         filler = Filler(manager, tabs, selector, active)
         with presets_slot:  # shown above the tabs, built once the widgets it fills exist
             build_presets_panel(demo, filler, store, active)

@@ -22,6 +22,7 @@ from studio.ui.control_unit import (
 )
 from studio.ui.generate import INPUT_ERRORS, wire_generate
 from studio.ui.jobs import GPU
+from studio.ui.lora_picker import lora_picker
 from studio.ui.tab import (
     AppContext,
     Tab,
@@ -58,6 +59,7 @@ def build_tab(ctx: AppContext) -> Tab:
                 init_image = widget(declared["init_image"], None, f"{PREFIX}init-image", height=220)
                 strength = widget(declared["strength"], initial["strength"], f"{PREFIX}strength")
             loras = widget(declared["loras"], initial["loras"], f"{PREFIX}loras", placeholder="name:0.8, other:0.5")
+            lora_picker(ctx.library, loras, PREFIX)
             styles = style(ctx, TASK, PREFIX)
             save_hints = widget(declared["save_hints"], initial["save_hints"], f"{PREFIX}save-hints")
         with gr.Column(scale=2):

@@ -13,6 +13,7 @@ from studio.fields import defaults, specs
 from studio.images import fit_size
 from studio.tasks import TASKS
 from studio.ui.generate import wire_generate
+from studio.ui.lora_picker import lora_picker
 from studio.ui.tab import AppContext, Tab, aspect_for, model_and_size, results, sampler, style, wire_model_and_sampler
 from studio.ui.widgets import widget
 
@@ -53,6 +54,7 @@ def build_tab(ctx: AppContext) -> Tab:
             size = model_and_size(ctx, TASK, PREFIX)
             samp = sampler(ctx, TASK, PREFIX)
             loras = widget(declared["loras"], initial["loras"], f"{PREFIX}loras", placeholder="name:0.8, other:0.5")
+            lora_picker(ctx.library, loras, PREFIX)
             styles = style(ctx, TASK, PREFIX)
         with gr.Column(scale=3):
             out = results(PREFIX)

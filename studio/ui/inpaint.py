@@ -17,6 +17,7 @@ from studio.images import open_image, open_mask
 from studio.tasks import TASKS
 from studio.ui.control_unit import controlnet_choices, editor_hint, unit_panel, wire_preview
 from studio.ui.generate import wire_generate
+from studio.ui.lora_picker import lora_picker
 from studio.ui.repaint import (
     model_row,
     repaint_panel,
@@ -81,6 +82,7 @@ def build_tab(ctx: AppContext) -> Tab:
             unit = unit_panel(ctx, declared, initial, "", "ControlNet (optional: keep depth or edges while repainting)",
                               f"{PREFIX}control-", open=False)
             loras = widget(declared["loras"], initial["loras"], f"{PREFIX}loras", placeholder="name:0.8, other:0.5")
+            lora_picker(ctx.library, loras, PREFIX)
             styles = style(ctx, TASK, PREFIX)
         with gr.Column(scale=3):
             out = results(PREFIX)

@@ -8,6 +8,7 @@ import gradio as gr
 from studio.fields import defaults, specs
 from studio.tasks import TASKS
 from studio.ui.generate import wire_generate
+from studio.ui.lora_picker import lora_picker
 from studio.ui.repaint import (
     model_row,
     repaint_panel,
@@ -42,6 +43,7 @@ def build_tab(ctx: AppContext) -> Tab:
             model = model_row(ctx, TASK, PREFIX)
             samp = sampler(ctx, TASK, PREFIX)
             loras = widget(declared["loras"], initial["loras"], f"{PREFIX}loras", placeholder="name:0.8, other:0.5")
+            lora_picker(ctx.library, loras, PREFIX)
             styles = style(ctx, TASK, PREFIX)
         with gr.Column(scale=3):
             out = results(PREFIX)

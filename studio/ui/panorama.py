@@ -16,6 +16,7 @@ from studio.fields import defaults, specs
 from studio.panorama.files import save_panorama
 from studio.tasks import TASKS
 from studio.ui.generate import ResultHooks, wire_generate
+from studio.ui.lora_picker import lora_picker
 from studio.ui.tab import AppContext, Tab, model_choices, results, sampler, style
 from studio.ui.widgets import widget
 from studio.ui.sphere import sphere_value, sphere_viewer
@@ -93,6 +94,7 @@ def build_tab(ctx: AppContext) -> Tab:
             with gr.Accordion("Inpainting", open=False, elem_id=f"{PREFIX}inpainting"):
                 inpaint_model, mask_blur = field("inpaint_model"), field("mask_blur")
             loras = field("loras", placeholder="name:0.8, other:0.5")
+            lora_picker(ctx.library, loras, PREFIX)
             styles = style(ctx, TASK, PREFIX)
         with gr.Column(scale=3):
             shown = {}
@@ -100,7 +102,7 @@ def build_tab(ctx: AppContext) -> Tab:
             viewer = shown["viewer"]  # first under the status line: the panorama is explored there
             downloads = gr.File(label="HDR, EXR, exposures, cubemap, video", file_count="multiple",
                                 interactive=False, elem_id=f"{PREFIX}downloads")
-            pan = gr.Video(label="360° pan", interactive=False, height=320, elem_id=f"{PREFIX}video")
+            pan = gr.Video(label="360° pan", interactive=False, height=320, elem_id=f"{PREFIX}pan")
             api_ldr, api_hdr, api_exr = (gr.File(visible=False) for _ in range(3))
 
     reuse = samp.pop("reuse")

@@ -35,6 +35,7 @@ class AppContext:
     stops: StopFlags
     history: gr.State  # this session's saved images: [(path, task), ...]
     styles: dict[str, Any]  # the styles library by name
+    library: Any = None  # the LoRA library (studio.loras.LoraLibrary) the LoRA pickers list; None: no picker
 
 
 @dataclass

@@ -1,13 +1,15 @@
-"""The "Train LoRA" tab and its API: start a LoRA training run in the background, follow its loss,
-stop it, and list the LoRA library.
+"""The "Train LoRA" tab and its API: start a LoRA training run in the background, follow its loss
+and sample images, stop it, resume a run cut short, and list the LoRA library.
 
 Training is not a task of the task table: it makes a LoRA, not images. The run itself lives in
 `studio.training.jobs.TrainingJobs`; this page only starts it and reads its record every 2 s.
-Endpoints: /train_lora (-> job id), /train_status, /stop_training and /loras.
+Endpoints: /train_lora (-> job id), /train_status, /stop_training, /training_runs,
+/resume_training (-> job id), /discard_training_run and /loras.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +17,14 @@ import gradio as gr
 import pandas as pd
 
 from studio.images import open_image
-from studio.loras import TRIGGER_KEYS
-from studio.training.config import MAX_IMAGES, MIN_IMAGES, TrainConfig
-from studio.training.jobs import ACTIVE, ZERO_GPU_NOTICE, TrainingJobs, on_zero_gpu
+from studio.training.config import MAX_IMAGES, MIN_IMAGES
+from studio.training.jobs import ACTIVE, RESUMABLE, ZERO_GPU_NOTICE, TrainingJobs, on_zero_gpu
+from studio.ui.lora_picker import library_records
 from studio.ui.tab import status_html
+from studio.ui.train_settings import advanced_settings, api_order, basic_settings, make_job, named_handler
 
-DEFAULTS = TrainConfig(model="", trigger_word="")  # the page's defaults are the config's
-LORA_COLUMNS = ["name", "trigger_word", "base_model", "rank", "steps", "date"]
-STATE_KINDS = {"queued": "waiting", "running": "running", "done": "info", "stopped": "stopped", "failed": "error"}
+LORA_COLUMNS = ["name", "trigger_word", "base_model", "rank", "steps", "date"]  # /loras's keys
+LORA_HEADERS = ["Name", "Trigger word", "Base model", "Rank", "Steps", "Date"]  # the table's
 
 
 def trainable_models(registry: Any) -> list[str]:
@@ -30,44 +32,12 @@ def trainable_models(registry: Any) -> list[str]:
     return [name for name in registry.names("base") if registry.get(name).lora is None]
 
 
-def open_images(paths: list[str] | None) -> list:
-    """The uploaded photos as RGB images; a file that is not an image is named in the error."""
-    images = []
-    for path in paths or []:
-        try:
-            images.append(open_image(path))
-        except ValueError as exc:
-            raise ValueError(f"images: {Path(path).name}: {exc}") from None
-    return images
-
-
-def parse_captions(text: str | None, count: int) -> list[str | None] | None:
-    """One caption per line, matched to the `count` photos by order; an empty or missing line
-    keeps the instance prompt, and more lines than photos are an error."""
-    if not text or not text.strip():
-        return None
-    lines = [line.strip() or None for line in text.rstrip().splitlines()]
-    if len(lines) > count:
-        raise ValueError(f"captions must be at most one line per photo ({count}), got {len(lines)} lines")
-    return lines + [None] * (count - len(lines))
-
-
-def library_records(jobs: TrainingJobs) -> list[dict]:
-    """Every LoRA of the library with what its file says about it."""
-    records = []
-    for entry in jobs.library.list():
-        meta = entry.metadata
-        trigger = next((meta[k] for k in TRIGGER_KEYS if meta.get(k)), None)
-        records.append({"name": entry.name, "trigger_word": trigger, "base_model": meta.get("base_model"),
-                        "rank": meta.get("rank"), "steps": meta.get("steps"), "date": meta.get("date")})
-    return records
-
-
 def describe(record: dict) -> tuple[str, str]:
     """The status line's text and kind for a job record."""
     state, step, total = record["state"], record["step"], record["total"]
     if state == "queued":
-        return record["message"] or "Queued: waiting for the GPU…", "waiting"
+        message = record["message"]  # who holds the GPU, or "generating class image i of n"
+        return (message[:1].upper() + message[1:] if message else "Queued: waiting for the GPU…"), "waiting"
     if state == "running":
         eta = f" · about {record['eta_s']:.0f} s left" if record["eta_s"] is not None else ""
         loss = f" · loss {record['losses'][-1]:.4f}" if record["losses"] else ""
@@ -75,8 +45,18 @@ def describe(record: dict) -> tuple[str, str]:
     if state == "done":
         return f"Done: LoRA {record['lora']!r} is in the library ({total} steps).", "info"
     if state == "stopped":
-        return f"Stopped at step {step} of {total}; train again with the same settings to continue.", "stopped"
+        return f"Stopped at step {step} of {total}; Resume continues it from there.", "stopped"
     return f"Training failed: {record['error']}", "error"
+
+
+def run_notice(run: dict, count: int) -> str:
+    """The sentence about an unfinished run, e.g. "The run 'my-dog' stopped at step 300 of 800
+    when Studio closed."; `count` runs are unfinished in all."""
+    where = f"step {run['step']} of {run['total']}"
+    text = (f"The run '{run['name']}' stopped at {where} when Studio closed." if run["state"] == "interrupted"
+            else f"The run '{run['name']}' was stopped at {where}.")
+    more = f" {count - 1} more unfinished: pick one below." if count > 1 else ""
+    return f"{text} Resume continues it from its last checkpoint; Discard deletes its folder.{more}"
 
 
 def loss_frame(record: dict | None) -> pd.DataFrame:
@@ -84,132 +64,187 @@ def loss_frame(record: dict | None) -> pd.DataFrame:
     return pd.DataFrame({"step": list(range(1, len(losses) + 1)), "loss": losses})
 
 
+def short_date(text: str | None) -> str | None:
+    """"2025-01-02T03:04:05+00:00" as "2025-01-02 03:04" for the table; other text as it is."""
+    try:
+        return datetime.fromisoformat(text).strftime("%Y-%m-%d %H:%M") if text else text
+    except ValueError:  # an uploaded file's own wording
+        return text
+
+
+def library_table(jobs: TrainingJobs) -> pd.DataFrame:
+    table = pd.DataFrame(library_records(jobs.library), columns=LORA_COLUMNS)
+    table["date"] = table["date"].map(short_date)
+    return table.rename(columns=dict(zip(LORA_COLUMNS, LORA_HEADERS)))
+
+
 def build_train_tab(jobs: TrainingJobs, registry: Any, default_model: str) -> None:
     models = trainable_models(registry)
     gr.Markdown(f"Teach a model one subject from {MIN_IMAGES}-{MAX_IMAGES} photos of it. The result is a LoRA "
-                "in the library: add `<lora:name:1>` and the trigger word to a prompt to use it.")
+                "in the library: pick it under the LoRAs box of any tab, and put the trigger word in the prompt.")
     if on_zero_gpu():
         gr.Markdown(f"**{ZERO_GPU_NOTICE}**", elem_id="train-zero-gpu")
     with gr.Row():
         with gr.Column():
-            images = gr.File(label=f"Photos ({MIN_IMAGES}-{MAX_IMAGES})", file_count="multiple",
-                             file_types=["image"], type="filepath", elem_id="train-images")
-            captions = gr.Textbox(label="Captions (optional)", lines=3, elem_id="train-captions",
-                                  info="One per line, in the photos' order; an empty line uses the instance prompt")
-            with gr.Row():
-                trigger_word = gr.Textbox(label="Trigger word", placeholder="sks", elem_id="train-trigger",
-                                          info="A rare word that will mean your subject")
-                name = gr.Textbox(label="Name", value=DEFAULTS.name, elem_id="train-name",
-                                  info="The LoRA's name in the library; the same name and settings resume a run")
-            instance_prompt = gr.Textbox(label="Instance prompt", value=DEFAULTS.instance_prompt,
-                                         elem_id="train-prompt", info="'{trigger}' is replaced by the trigger word")
-            model = gr.Dropdown(models, value=default_model if default_model in models else models[0],
-                                label="Base model", elem_id="train-model")
-            with gr.Row():
-                rank = gr.Number(DEFAULTS.rank, precision=0, label="Rank", info="1-128", elem_id="train-rank")
-                learning_rate = gr.Number(DEFAULTS.learning_rate, label="Learning rate", info="(0, 0.01]",
-                                          elem_id="train-lr")
-                max_train_steps = gr.Number(DEFAULTS.max_train_steps, precision=0, label="Steps", info="1-20000",
-                                            elem_id="train-steps")
-            with gr.Row():
-                batch_size = gr.Number(DEFAULTS.batch_size, precision=0, label="Batch size", info="1-64",
-                                       elem_id="train-batch")
-                seed = gr.Number(DEFAULTS.seed, precision=0, label="Seed", elem_id="train-seed")
-                min_snr_gamma = gr.Number(DEFAULTS.min_snr_gamma, label="Min-SNR γ", elem_id="train-snr",
-                                          info="Empty: plain MSE")
-            random_flip = gr.Checkbox(DEFAULTS.random_flip, label="Random flip", elem_id="train-flip",
-                                      info="Off for text, logos and asymmetric subjects")
+            basic = basic_settings(models, default_model)
             with gr.Row():
                 train_button = gr.Button("Train", variant="primary", elem_id="train-start",
                                          interactive=not on_zero_gpu())
                 stop_button = gr.Button("Stop", elem_id="train-stop")
+            settings = api_order(basic, advanced_settings(basic["learning_rate"]))
         with gr.Column():
+            with gr.Group(visible=False, elem_id="train-runs") as notice:
+                notice_text = gr.Markdown("", elem_id="train-runs-text")
+                run_choice = gr.Dropdown([], label="Unfinished runs", visible=False, elem_id="train-runs-choice")
+                with gr.Row():
+                    resume_button = gr.Button("Resume", variant="primary", size="sm", elem_id="train-resume",
+                                              interactive=not on_zero_gpu())
+                    discard_button = gr.Button("Discard", size="sm", elem_id="train-discard")
             status = gr.HTML(status_html("Upload photos and press Train."), elem_id="train-status")
             plot = gr.LinePlot(loss_frame(None), x="step", y="loss", title="Loss", elem_id="train-loss")
-            loras = gr.Dataframe(pd.DataFrame(library_records(jobs), columns=LORA_COLUMNS), headers=LORA_COLUMNS,
-                                 label="LoRA library", interactive=False, elem_id="train-loras")
+            with gr.Column(visible=False) as sample_box:
+                sample_caption = gr.Markdown("", elem_id="train-samples-caption")
+                # Four fixed columns, one row high: fitted columns would blow two samples up to half-width
+                # squares that the height crops
+                samples = gr.Gallery(label="Samples", columns=4, fit_columns=False, height=190, object_fit="contain",
+                                     interactive=False, format="png", elem_id="train-samples")
+            loras = gr.Dataframe(library_table(jobs), headers=LORA_HEADERS, label="LoRA library", interactive=False,
+                                 elem_id="train-loras")
             upload_panel(jobs, registry, default_model, loras)
-    job_id = gr.State("")  # this page's latest job
-    shown = gr.State("")  # the finished job whose LoRA the table already shows
+    job_id = gr.State("")  # the job this page follows
+    shown = gr.State("")  # the finished job whose end the page already shows
+    shown_samples = gr.State("")  # "<job id>:<step>" of the samples shown
     timer = gr.Timer(2.0)
 
-    # -- the API: /train_lora, /train_status, /stop_training, /loras
-    def start(images: list, trigger_word: str, instance_prompt: str = DEFAULTS.instance_prompt,
-              max_train_steps: int = DEFAULTS.max_train_steps, rank: int = DEFAULTS.rank,
-              learning_rate: float = DEFAULTS.learning_rate, seed: int = DEFAULTS.seed,
-              model: str = models[0], name: str = DEFAULTS.name, batch_size: int = DEFAULTS.batch_size,
-              captions: str = "", min_snr_gamma: float | None = DEFAULTS.min_snr_gamma,
-              random_flip: bool = DEFAULTS.random_flip) -> str:
-        """Raises ValueError for a bad setting; returns the new job's id."""
-        photos = open_images(images)
-        config = TrainConfig(model=model, trigger_word=trigger_word or "", name=name,
-                             instance_prompt=instance_prompt, rank=rank, learning_rate=learning_rate,
-                             max_train_steps=max_train_steps, batch_size=batch_size, seed=seed,
-                             min_snr_gamma=min_snr_gamma, random_flip=bool(random_flip))
-        return jobs.start(config, photos, parse_captions(captions, len(photos)))
-
-    def train_lora(images, trigger_word, instance_prompt, max_train_steps, rank, learning_rate, seed, model, name,
-                   batch_size) -> str:
-        """Start training a LoRA on 3-30 photos in the background; returns the job id for /train_status."""
+    # -- the API
+    def train_lora(values: dict) -> str:
         try:
-            return start(images, trigger_word, instance_prompt, max_train_steps, rank, learning_rate, seed, model,
-                         name, batch_size)
+            config, photos, captions = make_job(values)
+            return jobs.start(config, photos, captions)
         except ValueError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
 
     def train_status(job_id: str) -> dict:
-        """A job's state (queued, running, done, stopped, failed), step, total, losses, ETA, error and LoRA name."""
-        try:
-            return jobs.status(job_id)
-        except ValueError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+        """A job's state (queued, running, done, stopped, failed), step, total, losses, ETA, error, LoRA name,
+        and its latest sample images (paths), their step and prompt."""
+        return api_call(jobs.status, job_id)
 
     def stop_training(job_id: str) -> None:
-        """Stop a job at its next step; it keeps a checkpoint, so the same settings continue it later."""
-        try:
-            jobs.stop(job_id)
-        except ValueError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+        """Stop a job at its next step; it keeps a checkpoint, so /resume_training continues it later."""
+        api_call(jobs.stop, job_id)
+
+    def training_runs() -> list[dict]:
+        """Every run on disk, newest first: name, model, state (also "interrupted": cut short when Studio
+        closed), step, total, updated, and job_id while this Studio trains it."""
+        return jobs.runs()
+
+    def resume_training(name: str) -> str:
+        """Train an interrupted or stopped run again from its saved photos and settings, from its last
+        checkpoint; returns the job id for /train_status."""
+        return api_call(jobs.resume, name)
+
+    def discard_training_run(name: str) -> None:
+        """Delete a run's folder (photos, checkpoints, samples); a finished LoRA stays in the library."""
+        api_call(jobs.discard, name)
 
     def list_loras() -> list[dict]:
         """The LoRA library: name, trigger word, base model, rank, steps and date of each LoRA."""
-        return library_records(jobs)
+        return library_records(jobs.library)
 
-    api_button = gr.Button(visible=False)
-    api_job = gr.Textbox(visible=False)
-    api_inputs = [images, trigger_word, instance_prompt, max_train_steps, rank, learning_rate, seed, model, name,
-                  batch_size]
-    api_button.click(train_lora, api_inputs, api_job, api_name="train_lora", show_progress="hidden")
-    gr.api(train_status, api_name="train_status", queue=False)
-    gr.api(stop_training, api_name="stop_training", queue=False)
+    names = list(settings)
+    api_button, api_job = gr.Button(visible=False), gr.Textbox(visible=False)
+    api_button.click(named_handler(train_lora, names, "train_lora",
+                                   f"Start training a LoRA on {MIN_IMAGES}-{MAX_IMAGES} photos in the background; "
+                                   "returns the job id for /train_status."),
+                     list(settings.values()), api_job, api_name="train_lora", show_progress="hidden")
+    for fn in (train_status, stop_training, training_runs, resume_training, discard_training_run):
+        gr.api(fn, api_name=fn.__name__, queue=False)
     gr.api(list_loras, api_name="loras", queue=False)
 
     # -- the page: errors are a message in the status line
+    private = dict(api_visibility="private", queue=False, show_progress="hidden")
+
+    def runs_notice(selected: str | None = None) -> list:
+        """Updates for [notice, notice_text, run_choice]: the unfinished runs, `selected` first shown."""
+        runs = [r for r in jobs.runs() if r["state"] in RESUMABLE]
+        if not runs:
+            return [gr.update(visible=False), "", gr.update(choices=[], value=None, visible=False)]
+        run = next((r for r in runs if r["name"] == selected), runs[0])
+        return [gr.update(visible=True), run_notice(run, len(runs)),
+                gr.update(choices=[r["name"] for r in runs], value=run["name"], visible=len(runs) > 1)]
+
+    def follow(new_job: str, text: str) -> list:
+        """Updates for [job_id, status, sample_box, plot] when the page follows a new job."""
+        return [new_job, status_html(text, "waiting"), gr.update(visible=False), loss_frame(None)]
+
     def on_train(*values):
         try:
-            new_job = start(*values)
+            config, photos, captions = make_job(dict(zip(names, values)))
+            new_job = jobs.start(config, photos, captions)
         except ValueError as exc:
-            return gr.skip(), status_html(str(exc), "error")
-        return new_job, status_html("Starting…", "waiting")
+            return gr.skip(), status_html(str(exc), "error"), gr.skip(), gr.skip()
+        return follow(new_job, "Starting…")
 
-    def on_tick(current: str, done_shown: str):
+    def on_resume(name: str | None):
+        try:
+            new_job = jobs.resume(name or "")
+        except ValueError as exc:
+            return [gr.skip(), status_html(str(exc), "error"), gr.skip(), gr.skip(), *runs_notice(name)]
+        return [*follow(new_job, f"Resuming '{name}'…"), *runs_notice()]
+
+    def on_discard(name: str | None):
+        try:
+            jobs.discard(name or "")
+        except ValueError as exc:
+            return [status_html(str(exc), "error"), *runs_notice(name)]
+        return [status_html(f"Discarded the run '{name}'.", "info"), *runs_notice()]
+
+    def on_load():
+        """A page opened while a run trains follows it; unfinished runs are offered to resume."""
+        active = [r["job_id"] for r in jobs.runs() if r["job_id"]]
+        return [active[0] if active else gr.skip(), *runs_notice()]
+
+    def on_tick(current: str, done_shown: str, samples_seen: str):
+        skip = [gr.skip()] * 9
         if not current:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        record = jobs.status(current)
-        if record["state"] not in ACTIVE and done_shown == current:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()  # the end is already on the page
+            return skip
+        try:
+            record = jobs.status(current)
+        except ValueError:  # a job of an earlier process: nothing to follow
+            return skip
+        finished = record["state"] not in ACTIVE
+        if finished and done_shown == current:
+            return skip  # the end is already on the page
         text, kind = describe(record)
         html = status_html(text, kind, record["step"], record["total"]) if kind == "running" else status_html(text, kind)
-        finished = record["state"] not in ACTIVE and done_shown != current
-        table = pd.DataFrame(library_records(jobs), columns=LORA_COLUMNS) if finished else gr.skip()
-        return html, loss_frame(record), table, current if finished else gr.skip()
+        seen = f"{current}:{record['sample_step']}"
+        if record["samples"] and seen != samples_seen:  # our own PNGs, read once per new set
+            sample_updates = [gr.update(visible=True), [open_image(p) for p in record["samples"]],
+                              f"Samples at step {record['sample_step']}, prompt: *{record['sample_prompt']}*", seen]
+        else:
+            sample_updates = [gr.skip()] * 4
+        end = [library_table(jobs), current, *runs_notice()] if finished else [gr.skip()] * 5
+        return [html, loss_frame(record), *sample_updates, *end]
 
-    train_button.click(on_train, [*api_inputs, captions, min_snr_gamma, random_flip], [job_id, status],
-                       api_visibility="private", queue=False)
-    stop_button.click(lambda current: jobs.stop(current) if current else None, job_id, None,
-                      api_visibility="private", queue=False)
-    timer.tick(on_tick, [job_id, shown], [status, plot, loras, shown], api_visibility="private", queue=False,
-               show_progress="hidden")
+    notice_parts = [notice, notice_text, run_choice]
+    follows = [job_id, status, sample_box, plot]
+    train_button.click(on_train, list(settings.values()), follows, **private)
+    stop_button.click(lambda current: jobs.stop(current) if current else None, job_id, None, **private)
+    resume_button.click(on_resume, run_choice, [*follows, *notice_parts], **private)
+    discard_button.click(on_discard, run_choice, [status, *notice_parts], **private)
+    run_choice.input(runs_notice, run_choice, notice_parts, **private)
+    gr.on(None, on_load, None, [job_id, *notice_parts], **private)  # no triggers, no inputs: when the page loads
+    timer.tick(on_tick, [job_id, shown, shown_samples],
+               [status, plot, sample_box, samples, sample_caption, shown_samples, loras, shown, *notice_parts],
+               **private)
+
+
+def api_call(fn: Any, *args: Any) -> Any:
+    """`fn(*args)`, its ValueError shown to an API caller as a plain message."""
+    try:
+        return fn(*args)
+    except ValueError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
 
 
 def upload_name(path: str | None, name: str | None) -> str:
@@ -241,8 +276,7 @@ def upload_panel(jobs: TrainingJobs, registry: Any, default_model: str, table: A
             added = jobs.add_upload(path, upload_name(path, typed), model_name)
         except ValueError as exc:
             return status_html(str(exc), "error"), gr.skip()
-        records = pd.DataFrame(library_records(jobs), columns=LORA_COLUMNS)
-        return status_html(f"Added {added!r}: use it as <lora:{added}:1>.", "info"), records
+        return status_html(f"Added {added!r}: use it as <lora:{added}:1>.", "info"), library_table(jobs)
 
     add.click(on_add, [upload, name, model], [status, table], api_visibility="private", queue=False)
     return panel

@@ -12,6 +12,7 @@ from studio.pipelines.drafts import draft_partner
 from studio.tasks import TASKS
 from studio.ui.camera import build_camera_panel, wire_camera_summary, wire_horizon_control
 from studio.ui.generate import wire_generate
+from studio.ui.lora_picker import lora_picker
 from studio.ui.preview import wire_live_preview
 from studio.ui.tab import (AppContext, Tab, aspect_for, model_and_size, on_model_defaults, results, sampler, style,
                            wire_model_and_sampler)
@@ -48,6 +49,7 @@ def build_tab(ctx: AppContext) -> Tab:
             samp = sampler(ctx, TASK, "")
             camera = build_camera_panel(declared)
             loras = widget(declared["loras"], initial["loras"], "loras", placeholder="name:0.8, other:0.5")
+            lora_picker(ctx.library, loras, "")
             styles = style(ctx, TASK, "")
             with gr.Accordion("Advanced: SDXL size and crop conditioning", open=False):
                 gr.Markdown("Sizes are *height, width*; the crop is *top, left*. Empty: the image's own "

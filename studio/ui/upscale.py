@@ -17,6 +17,7 @@ from studio.groups_upscale import stage_factors, stage_sizes, stage_sliders, til
 from studio.outputs import save_canvas
 from studio.tasks import TASKS
 from studio.ui.generate import ResultHooks, wire_generate
+from studio.ui.lora_picker import lora_picker
 from studio.ui.tab import AppContext, Tab, model_choices, results
 from studio.ui.widgets import widget
 from studio.ui.zoom import viewer_value, zoom_viewer
@@ -115,6 +116,7 @@ def build_tab(ctx: AppContext) -> Tab:
                 seed = field("seed", scale=3)
                 reuse = gr.Button("♻️ Last seed", size="sm", elem_id=f"{PREFIX}reuse-seed", scale=1, min_width=110)
             loras = field("loras", placeholder="name:0.8, other:0.5")
+            lora_picker(ctx.library, loras, PREFIX)
         with gr.Column(scale=3):
             out = results(PREFIX)
             viewer = zoom_viewer(f"{PREFIX}zoom")
