@@ -75,3 +75,32 @@ def test_metric_depth_is_in_metres(gpu_manager):
         depth = estimate_depth_m(estimator, image)
     assert name == "depth-anything-v2-metric-outdoor-small"
     assert depth.shape == (384, 512) and 0.1 < np.median(depth) < 80
+
+
+@pytest.mark.parametrize("mixed_precision", ["bf16", "fp16"])
+def test_lora_training_on_cuda_in_mixed_precision_resumes(gpu_manager, tmp_path, mixed_precision):
+    """Training's CUDA path (autocast, fp16's loss scaler, gradient checkpointing, the frozen model in
+    half precision) on the tiny model: finite losses, a LoRA file, and a Stop + resume that ends on the
+    same step count with the scaler state restored (GPU kernels are not bitwise deterministic, so the
+    weights are compared loosely)."""
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from studio.training.config import TrainConfig
+    from studio.training.lora_train import train
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(3)]
+    config = TrainConfig(model="tiny", trigger_word="sks", max_train_steps=8, checkpoint_every=4, batch_size=2,
+                         learning_rate=1e-3, mixed_precision=mixed_precision, gradient_checkpointing=True)
+    whole = train(config, images, None, gpu_manager, tmp_path / "whole")
+    assert whole.state == "done" and all(np.isfinite(whole.losses)) and len(whole.losses) == 8
+    stopped = train(config, images, None, gpu_manager, tmp_path / "split", on_step=lambda e: e.step == 4)
+    assert stopped.state == "stopped" and stopped.steps_done == 4
+    if mixed_precision == "fp16":
+        assert any((tmp_path / "split").glob("checkpoint-*/scaler.json"))
+    resumed = train(config, images, None, gpu_manager, tmp_path / "split")
+    assert resumed.state == "done" and resumed.losses[:4] == stopped.losses
+    a, b = load_file(whole.lora_path), load_file(resumed.lora_path)
+    assert a.keys() == b.keys()
+    assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 5e-2
