@@ -30,11 +30,8 @@ line printed is always `cached-latents speedup: <x>` (cached steps/s over uncach
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -48,6 +45,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from memprobe import max_rss_bytes, reset_max_rss, trim_heap  # noqa: E402 (bench/memprobe.py)
 from studio.models.tiny import build_tiny_sdxl  # noqa: E402
 from studio.training.cache import encode_captions, encode_latents  # noqa: E402
 from studio.training.config import TrainConfig  # noqa: E402
@@ -64,26 +62,10 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def max_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def reset_max_rss() -> None:
-    """Reset the RSS high-water mark to the current RSS (Linux >= 4.0), so the warm-up's peak
-    cannot hide the timed steps' own."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
-def trim_heap() -> None:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: the baseline then includes free heap the steps may reuse
 
 
 def photos() -> list[Image.Image]:

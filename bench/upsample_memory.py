@@ -46,11 +46,8 @@ spinning OpenMP threads made each call up to 40x slower. The last line printed i
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -65,6 +62,7 @@ import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_leaves  # noqa: E402
 
+from memprobe import max_rss_bytes, reset_max_rss, trim_heap  # noqa: E402 (bench/memprobe.py)
 from studio.models.tiny import TEXT_HIDDEN, _unet  # noqa: E402
 from studio.upscale.sampler import GuidancePlan, PatchPlan, sample, unet_calls  # noqa: E402
 
@@ -119,28 +117,10 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def max_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def reset_max_rss() -> None:
-    """Reset the high-water mark that ru_maxrss reports to the current RSS (Linux >= 4.0), so the
-    warm-up's own peak cannot hide a smaller sampling peak. Where this fails the `raised` check
-    marks the rows whose peak the warm-up may have set."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
-def trim_heap() -> None:
-    """Give freed heap memory back to the OS, so the baseline RSS is what is really in use (glibc)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: the baseline then includes free heap that sampling may reuse
 
 
 def build_unet():
