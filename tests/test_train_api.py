@@ -292,13 +292,13 @@ def test_captions_are_matched_by_order_and_padded_with_the_prompt():
 
 def page_values(**changes) -> dict:
     """The Train tab's values as the page sends them untouched, with `changes`."""
-    from studio.ui.train_settings import PENDING, trainer_default
+    from studio.ui.train_settings import DEFAULTS
 
     names = ["trigger_word", "instance_prompt", "max_train_steps", "rank", "learning_rate", "seed", "model", "name",
              "batch_size", "random_flip", "sample_every", "checkpoint_every", "train_text_encoder",
-             "gradient_accumulation",
-             *PENDING]
-    values = {name: trainer_default(name) for name in names}
+             "gradient_accumulation", "sample_prompt", "num_samples", "class_prompt", "num_class_images",
+             "prior_loss_weight", "text_encoder_lr", "optimizer"]
+    values = {name: getattr(DEFAULTS, name) for name in names}
     return {**values, "images": [], "captions": "", "min_snr_gamma": "5", "model": "tiny", "trigger_word": "sks",
             **changes}
 
