@@ -211,3 +211,19 @@ def test_steep_views_are_told_where_they_look(manager, monkeypatch):
     assert prompts[:3] == ["a lake at dawn, 360 panorama"] * 3  # the horizon views after the first
     assert prompts[3] == f"a lake at dawn, 360 panorama, {panorama.UP_WORDS}"
     assert prompts[4] == f"a lake at dawn, 360 panorama, {panorama.DOWN_WORDS}"
+
+
+def test_refine_takes_the_lora_stack_and_the_prompt_without_tags(manager, monkeypatch):
+    """The refine pass leases its own pipeline: the run's LoRAs must come with it."""
+    asked = {}
+
+    def lease(model, task="txt2img", **kwargs):
+        asked.update(task=task, **kwargs)
+        raise RuntimeError("leased")
+
+    monkeypatch.setattr(manager, "lease", lease)
+    req, stack = request(prompt="a lake <lora:mood:0.7>", refine_strength=0.3).with_lora_stack()
+    assert req.prompt == "a lake" and stack == [("mood", 0.7)]
+    with pytest.raises(RuntimeError, match="leased"):
+        panorama.refine(req, manager, panorama.Progress(None, [], 2, 1), np.zeros((256, 512, 3), np.uint8), stack)
+    assert asked["task"] == "img2img" and asked["loras"] == [("mood", 0.7)]

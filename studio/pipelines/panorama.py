@@ -94,7 +94,8 @@ def run(request: PanoramaRequest, models: Any, on_step: StepCallback | None = No
     """Paint a 360° panorama for `request.prompt`; the result's `radiance` is its HDR."""
     import numpy as np
 
-    from studio.groups_panorama import parse_exposures
+    from PIL import Image
+
     from studio.panorama import blend, hdr
     from studio.pipelines.sampling import resolve_seed
 
@@ -102,7 +103,7 @@ def run(request: PanoramaRequest, models: Any, on_step: StepCallback | None = No
     request.validate(models.registry)
     entry = models.registry.get(request.model)
     views = request.view_plan()
-    parse_exposures(request.exposures)
+    request, loras = request.with_lora_stack()  # <lora:…> tags leave the prompt for the LoRA stack
     request = request.replace(seed=resolve_seed(request.seed))
     size = entry.defaults.width  # views are square, at the model's native size (1024 for SDXL)
     progress = Progress(on_step, views, request.num_inference_steps, progress_extra(request))
@@ -118,7 +119,7 @@ def run(request: PanoramaRequest, models: Any, on_step: StepCallback | None = No
     ldr = canvas.round().clip(0, 255).astype(np.uint8)
     # 3. Refine the whole canvas with patches that cross the seam
     if request.refine_strength:
-        ldr = refine(request, models, progress, ldr)
+        ldr = refine(request, models, progress, ldr, loras)
     # 4. LDR -> HDR
     radiance = hdr.inverse_tone_map(ldr, max_stops=request.max_stops)
     bracketed = bracket(request, models, progress, shots, radiance, size) if request.bracket else None
@@ -130,8 +131,6 @@ def run(request: PanoramaRequest, models: Any, on_step: StepCallback | None = No
         refine_strength=request.refine_strength)
     details = Details(family=entry.family, repo_id=entry.repo_id, prompt_encoding=progress.prompt_details,
                       panorama=panorama)
-    from PIL import Image
-
     prompt, negative_prompt = request.styled_prompts()
     return Result(request=request, images=[Image.fromarray(ldr)], seeds=[request.seed], prompt=prompt,
                   negative_prompt=negative_prompt, steps_done=progress.total, total_steps=progress.total,
@@ -217,7 +216,7 @@ def shared_fields(request: PanoramaRequest, target: type) -> dict[str, Any]:
     return {name: getattr(request, name) for name in names}
 
 
-def refine(request: PanoramaRequest, models: Any, progress: Progress, ldr: Any) -> Any:
+def refine(request: PanoramaRequest, models: Any, progress: Progress, ldr: Any, loras: list) -> Any:
     """A low-strength pass over the whole canvas with the upscaler's patch sampler, on a canvas
     padded around the seam (studio/panorama/wrap.py) so patches cross 0°/360°; (H, W, 3) uint8."""
     import tempfile
@@ -233,14 +232,15 @@ def refine(request: PanoramaRequest, models: Any, progress: Progress, ldr: Any) 
 
     base, steps = progress.total - progress_extra(request), int(request.num_inference_steps * request.refine_strength)
     progress.view = len(progress.views)
-    with models.lease(request.model, "img2img", on_wait=waiting(progress.send, steps)) as lease:
+    prompt, negative_prompt = request.styled_prompts()
+    with models.lease(request.model, "img2img", loras=loras, on_wait=waiting(progress.send, steps)) as lease:
         pipe = lease.pipe
         pad = min(request.width // 2, pipe.unet.config.sample_size * 4)  # half a patch each side
         padded = wrap_pad(ldr, pad)
         height, width = padded.shape[:2]
         job = upscale.UpscaleRequest(
             image=None, scale=1.0, slider=0, strength=request.refine_strength, phase_fusion=False, chess_mask=False,
-            prompt=request.styled_prompts()[0], negative_prompt=request.styled_prompts()[1], model=request.model,
+            prompt=prompt, negative_prompt=negative_prompt, model=request.model,
             loras=request.loras, num_inference_steps=request.num_inference_steps,
             guidance_scale=request.guidance_scale, seed=request.seed, scheduler=request.scheduler)
         patch = PatchPlan.for_unet(pipe.unet.config.sample_size)

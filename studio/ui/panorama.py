@@ -97,9 +97,9 @@ def build_tab(ctx: AppContext) -> Tab:
             lora_picker(ctx.library, loras, PREFIX)
             styles = style(ctx, TASK, PREFIX)
         with gr.Column(scale=3):
-            shown = {}
-            out = results(PREFIX, top=lambda: shown.update(viewer=sphere_viewer(f"{PREFIX}viewer")))
-            viewer = shown["viewer"]  # first under the status line: the panorama is explored there
+            # The viewer first, under the status line: the panorama is explored there
+            out = results(PREFIX, top=lambda: sphere_viewer(f"{PREFIX}viewer"))
+            viewer = out["top"]
             downloads = gr.File(label="HDR, EXR, exposures, cubemap, video", file_count="multiple",
                                 interactive=False, elem_id=f"{PREFIX}downloads")
             pan = gr.Video(label="360° pan", interactive=False, height=320, elem_id=f"{PREFIX}pan")

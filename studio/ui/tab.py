@@ -227,10 +227,9 @@ def style(ctx: AppContext, task: Task, prefix: str) -> dict[str, Any]:
 
 def results(prefix: str, top: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Status line, gallery, seed used, details, and the row for "Send to …" buttons; `top` builds
-    what a tab shows first, between the status line and the gallery (the 360° viewer)."""
+    what a tab shows first, between the status line and the gallery (the 360° viewer): out["top"]."""
     status = gr.HTML(status_html("Ready."), elem_id=elem_id(prefix, "status"), elem_classes=["status-line"])
-    if top is not None:
-        top()
+    shown_first = top() if top is not None else None
     # Two fixed columns: with Gradio's default (fit the columns to the images) one image gets a
     # full-width square cell that the gallery's height crops at the bottom.
     gallery = gr.Gallery(label="Images", format="png", columns=2, fit_columns=False, object_fit="contain",
@@ -247,7 +246,7 @@ def results(prefix: str, top: Callable[[], Any] | None = None) -> dict[str, Any]
 
     gallery.select(select, None, selected, api_visibility="private", queue=False)
     return dict(status=status, gallery=gallery, selected=selected, send_row=send_row, used_seed=used_seed,
-                details=details)
+                details=details, top=shown_first)
 
 
 def status_html(text: str, kind: str = "info", step: int | None = None, total: int | None = None) -> str:
