@@ -68,10 +68,13 @@ def wire_live_preview(manager: Any, fields: dict[str, gr.components.Component],
 
     edit = gr.State(0)  # the token of this tab's latest edit
     for component in [enabled, *triggers]:
-        # The preview is chained after the bump, so it carries its own edit's token. It has a
+        # Every edit's bump is sent at once ("multiple"): with "always_last" a slow page holds an
+        # edit back until the previous bump has answered, the server sees a pause that the user
+        # never made, and a superseded draft gets through. The preview is chained after the bump,
+        # so it carries its own edit's token. It has a
         # queue of its own, apart from the GPU group: a waiting preview never holds a generation slot, and
         # the model manager's lock still runs one model at a time.
-        component.change(bump, None, edit, queue=False, api_visibility="private").then(
+        component.change(bump, None, edit, queue=False, api_visibility="private", trigger_mode="multiple").then(
             preview, {edit, enabled, *fields.values()}, [image, caption], concurrency_id="preview",
             concurrency_limit=1, show_progress="hidden", api_visibility="private",
             trigger_mode="always_last")  # edits made while a preview runs are answered by one more
