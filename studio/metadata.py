@@ -22,6 +22,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from studio.fields import specs
+from studio.images import MAX_INPUT_PIXELS
 from studio.loras import format_lora_list, lora_tags, parse_lora_tags
 from studio.schedulers import SCHEDULERS
 from studio.tasks import TASKS, task
@@ -174,14 +175,17 @@ def _scheduler_from_a1111(sampler: str, schedule: str) -> str | None:
     return sampler if sampler in SCHEDULERS else None
 
 
-def read_png_settings(path: str) -> tuple[str, dict[str, Any], str]:
+def read_png_settings(path: str, max_pixels: int = MAX_INPUT_PIXELS) -> tuple[str, dict[str, Any], str]:
     """(task, request fields, source) stored in a PNG; source is "studio" or "a1111"."""
     try:
         with Image.open(path) as img:
             if img.format != "PNG":
                 raise ValueError(f"expected a PNG image, got {img.format}")
+            if img.width * img.height > max_pixels:  # `.text` decodes every pixel (chunks may follow them)
+                raise ValueError(f"the image is {img.width}×{img.height}; Studio reads settings from PNGs of at "
+                                 f"most {max_pixels / 1e6:,.0f} megapixels")
             chunks = dict(getattr(img, "text", {}) or {})
-    except (OSError, SyntaxError) as exc:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(f"not a readable PNG image: {exc}") from None
     for name in (STUDIO_CHUNK, A1111_CHUNK):
         if len(chunks.get(name, "")) > MAX_CHUNK_CHARS:
