@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -74,6 +75,19 @@ def label(name: str, spec: Spec) -> str:
     return f"{spec.label.split(' (')[0]} ({name})"
 
 
+def text_problem(value: str) -> str | None:
+    """What makes `value` unfit to keep as text, or None. A NUL character ends a string in PNG text
+    chunks and C libraries; a lone surrogate (which only a JSON escape such as "\\ud800" can make)
+    is not Unicode at all: tokenizers and UTF-8 writers refuse it deep inside a job."""
+    if "\x00" in value:
+        return f"contains a NUL character at position {value.index(chr(0))}"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"contains a lone surrogate at position {exc.start}"
+    return None
+
+
 def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
@@ -87,28 +101,34 @@ def check_value(name: str, spec: Spec, value: Any, size_range: tuple[int, int] |
     what = label(name, spec)
     if spec.kind == "int":
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ValueError(f"{what} must be {empty}an integer in [{_fmt(lo)}, {_fmt(hi)}], got {value!r}")
+            raise ValueError(f"{what} must be {empty}an integer in [{_fmt(lo)}, {_fmt(hi)}], got {value!r:.200}")
         if spec.multiple_of and value % spec.multiple_of:
             raise ValueError(f"{what} must be a multiple of {spec.multiple_of}, got {value}")
     elif spec.kind == "float":
-        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                or not lo <= value <= hi):
-            raise ValueError(f"{what} must be {empty}a finite number in [{_fmt(lo)}, {_fmt(hi)}], got {value!r}")
+        # isfinite on floats only: an int of 400 digits is finite, but converting it to a float overflows
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or isinstance(value, float) and not math.isfinite(value) or not lo <= value <= hi):
+            raise ValueError(f"{what} must be {empty}a finite number in [{_fmt(lo)}, {_fmt(hi)}], got {value!r:.200}")
     elif spec.kind == "bool":
         if not isinstance(value, bool):
-            raise ValueError(f"{what} must be true or false, got {value!r}")
+            raise ValueError(f"{what} must be true or false, got {value!r:.200}")
     elif spec.kind == "text":
         if not isinstance(value, str):
-            raise ValueError(f"{what} must be a string, got {value!r}")
+            raise ValueError(f"{what} must be a string, got {value!r:.200}")
         if hi is not None and len(value) > hi:
             raise ValueError(f"{what} must be at most {_fmt(hi)} characters, got {len(value)}")
+        problem = text_problem(value)
+        if problem:
+            raise ValueError(f"{what} must be text without NUL characters or lone surrogates; it {problem}")
+        if spec.pattern and not re.fullmatch(spec.pattern, value):
+            raise ValueError(f"{what} must match {spec.pattern}, got {value!r:.200}")
     elif spec.kind == "choice":
         if value not in spec.choices:
-            raise ValueError(f"{what} must be one of {list(spec.choices)}, got {value!r}")
+            raise ValueError(f"{what} must be one of {list(spec.choices)}, got {value!r:.200}")
     elif spec.kind == "pair":
         if not (isinstance(value, tuple) and len(value) == 2
                 and all(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi for v in value)):
-            raise ValueError(f"{what} must be {empty}two integers in [{_fmt(lo)}, {_fmt(hi)}], got {value!r}")
+            raise ValueError(f"{what} must be {empty}two integers in [{_fmt(lo)}, {_fmt(hi)}], got {value!r:.200}")
     elif spec.kind == "image" and value is None:
         raise ValueError(f"{what} is missing: upload an image")
 
@@ -139,7 +159,10 @@ class Request:
         inputs=False checks the settings only (a preset's), not the input image."""
         if not isinstance(getattr(self, "model", None), str):
             raise ValueError(f"Model (model) must be a registry name, got {getattr(self, 'model', None)!r}")
-        entry = registry.get(self.model)
+        try:
+            entry = registry.get(self.model)
+        except ValueError as exc:
+            raise ValueError(f"Model (model): {exc}") from None
         if self.needs() not in registry.tasks(entry):  # first: every other range depends on the model
             raise ValueError(f"Model (model) must be a base model that can do {self.needs()}, one of "
                              f"{registry.names('base', task=self.needs())}; got {entry.name!r} (role {entry.role!r}, "

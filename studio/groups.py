@@ -239,6 +239,9 @@ class Repaint(Request):
     def check(self, registry: Any, entry: Any) -> None:
         check_steps_run(self)
         if self.inpaint_model:
+            if self.inpaint_model not in [m.name for m in registry.models]:
+                raise ValueError(f"Inpainting model (inpaint_model) must be one of {inpaint_models(registry, entry)}, "
+                                 f"got {self.inpaint_model!r:.100}")
             helper = registry.get(self.inpaint_model)
             union = helper.role == "controlnet" and "inpaint" in helper.control_types and helper.union
             if not (helper.role == "inpaint" or union) or helper.family != entry.family or not same_kind(entry, helper):

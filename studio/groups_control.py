@@ -103,8 +103,10 @@ def usable_controlnets(registry: Any, entry: Any, control_type: str | None = Non
 
 def check_controlnet(registry: Any, entry: Any, name: str, control_type: str, field_name: str) -> Any:
     """The registry entry of ControlNet `name`, which must suit `entry`'s family and the control type."""
-    net = registry.get(name)
     choices = [m.name for m in usable_controlnets(registry, entry)]
+    if name not in [m.name for m in registry.models]:
+        raise ValueError(f"ControlNet ({field_name}) must be one of {choices}, got {name!r:.100}")
+    net = registry.get(name)
     if net.role != "controlnet":
         raise ValueError(f"ControlNet ({field_name}) must be a ControlNet, one of {choices}; got {name!r} "
                          f"(role {net.role!r})")

@@ -75,7 +75,10 @@ class Panorama(Request):
 
     def check(self, registry: Any, entry: Any) -> None:
         parse_exposures(self.exposures)
-        self.view_plan()  # a bad plan (JSON, FOV, overlap, gaps) is refused before anything loads
+        try:
+            self.view_plan()  # a bad plan (JSON, FOV, overlap, gaps) is refused before anything loads
+        except ValueError as exc:  # say which field: the caller's own plan, or the one FOV and overlap made
+            raise ValueError(f"Views (views): {exc}" if self.views.strip() else str(exc)) from None
 
     def view_plan(self) -> list[Any]:
         """The views in painting order: the user's JSON, or the plan made from FOV and overlap;

@@ -173,7 +173,7 @@ def check_name(name: str) -> str:
     """Return `name` if it is a valid LoRA name, else raise ValueError."""
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise ValueError(f"LoRA name must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or "
-                         f"digit, got {name!r}")
+                         f"digit, got {name!r:.100}")
     return name
 
 

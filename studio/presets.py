@@ -143,7 +143,7 @@ def parse_preset(data: bytes | str | dict, registry: Any = None) -> PresetBase:
         raise ValueError(f"this preset needs schema_version {version}; this Studio reads up to "
                          f"{SCHEMA_VERSION}: update Studio to use it")
     task_name = data.get("task", "txt2img")
-    if task_name not in TASKS:
+    if not isinstance(task_name, str) or task_name not in TASKS:  # a list is not even hashable
         raise ValueError(f"invalid preset: task must be one of {list(TASKS)}, got {task_name!r:.80}")
     model = preset_model(task_name)
     try:

@@ -6,8 +6,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from studio.fields import text_problem
+
 MIN_IMAGES, MAX_IMAGES = 3, 30  # fewer cannot separate subject from background; more is a fine-tune
 OPTIMIZERS = ("adamw", "prodigy")
+TEXTS = ("model", "trigger_word", "name", "instance_prompt", "sample_prompt", "class_prompt", "optimizer",
+         "mixed_precision")
 MIXED_PRECISIONS = ("auto", "bf16", "fp16", "no")
 
 
@@ -88,8 +92,11 @@ class TrainConfig:
 
     def validate(self, num_images: int | None = None) -> None:
         """Raise ValueError naming the field, the expected range and the value received."""
+        for name in TEXTS:  # first: the checks below call string methods on them
+            _is_text(name, getattr(self, name))
         _in_range("rank", self.rank, 1, 128)
-        if self.alpha is not None and not (math.isfinite(self.alpha) and 0 < self.alpha <= 1024):
+        alpha = self.alpha
+        if alpha is not None and not (_is_finite(alpha) and 0 < alpha <= 1024):
             raise ValueError(f"alpha must be in (0, 1024] or None, got {self.alpha!r}")
         _in_range("max_train_steps", self.max_train_steps, 1, 20000)
         _in_choices("optimizer", self.optimizer, OPTIMIZERS)
@@ -117,7 +124,7 @@ class TrainConfig:
         _in_range("seed", self.seed, 0, 2**31 - 1)
         if self.resolution is not None:
             _in_range("resolution", self.resolution, 64 * 64, 2048 * 2048)
-        if self.min_snr_gamma is not None and not (math.isfinite(self.min_snr_gamma) and self.min_snr_gamma > 0):
+        if self.min_snr_gamma is not None and not (_is_finite(self.min_snr_gamma) and self.min_snr_gamma > 0):
             raise ValueError(f"min_snr_gamma must be a positive number or None, got {self.min_snr_gamma!r}")
         if not (1 <= len(self.trigger_word) <= 64) or not self.trigger_word.strip():
             raise ValueError(f"trigger_word must be 1 to 64 characters, not only whitespace, got {self.trigger_word!r}")
@@ -129,6 +136,20 @@ class TrainConfig:
             _in_range("images", num_images, MIN_IMAGES, MAX_IMAGES, what="count")
 
 
+def _is_finite(value: object) -> bool:
+    """A finite int or float (an int is checked as it is: a 400-digit one would overflow as a float)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and (isinstance(value, int) or math.isfinite(value)))
+
+
+def _is_text(field: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{field} must be a string, got {value!r:.100}")
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(f"{field} must be text without NUL characters or lone surrogates; it {problem}")
+
+
 def _in_range(field: str, value: object, low: int, high: int, what: str = "an integer") -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f"{field} must be {what} in [{low}, {high}], got {value!r}")
@@ -136,7 +157,7 @@ def _in_range(field: str, value: object, low: int, high: int, what: str = "an in
 
 def _in_interval(field: str, value: object, high: float) -> None:
     """A finite number in (0, high]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and 0 < value <= high):
+    if not (_is_finite(value) and 0 < value <= high):
         raise ValueError(f"{field} must be a finite number in (0, {high:g}], got {value!r}")
 
 

@@ -31,9 +31,9 @@ class PresetStore:
         return sorted(P.list_presets(self.shipped_dir, self.user_dir))
 
     def get(self, name: str) -> P.PresetBase:
-        path = P.list_presets(self.shipped_dir, self.user_dir).get(name)
+        path = P.list_presets(self.shipped_dir, self.user_dir).get(name) if isinstance(name, str) else None
         if path is None:
-            raise ValueError(f"unknown preset {name!r}; expected one of {self.names()}")
+            raise ValueError(f"unknown preset {name!r:.100}; expected one of {self.names()}")
         return P.load_preset(path, self.registry)
 
     def save(self, preset: P.PresetBase, overwrite: bool = False) -> Path:
