@@ -8,12 +8,14 @@ model with a step callback that stops it when a newer edit supersedes it. Drafts
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 
+from studio.deploy import gpu_entry, gpu_seconds
 from studio.models.manager import ModelUnavailable
 from studio.pipelines import txt2img
 from studio.pipelines.drafts import draft_request
@@ -24,16 +26,24 @@ from studio.ui.jobs import Latest
 DEBOUNCE_S = 0.6  # a pause in typing this long starts a draft
 
 
+def draw_draft(manager: Any, latest: Latest, draft: Txt2ImgRequest, session: str, token: int) -> Result:
+    """Run `draft`, stopping at the next step once an edit newer than `token` came. Newer, not just
+    other: in a ZeroGPU worker `latest` is a copy frozen when the worker was forked, never ahead
+    of the app's, so there a draft runs to its end and `live_preview` judges it afterwards."""
+    return txt2img.run(draft, manager, on_step=lambda event: latest.current(session) > token)
+
+
 def live_preview(request: Txt2ImgRequest, manager: Any, latest: Latest, session: str, token: int,
-                 debounce_s: float = DEBOUNCE_S) -> Result | None:
-    """The draft of `request` for edit `token`, or None when a newer edit superseded it."""
+                 debounce_s: float = DEBOUNCE_S, draw: Callable[..., Result] | None = None) -> Result | None:
+    """The draft of `request` for edit `token`, or None when a newer edit superseded it. `draw`
+    (draft, session, token) makes it: `draw_draft` by default, a GPU entry on a ZeroGPU Space."""
     if latest.stale(session, token):
         return None
-    time.sleep(debounce_s)
+    time.sleep(debounce_s)  # in the app, not on a borrowed GPU
     if latest.stale(session, token):
         return None
     draft = draft_request(request, manager.registry)
-    result = txt2img.run(draft, manager, on_step=lambda event: latest.stale(session, token))
+    result = (draw or functools.partial(draw_draft, manager, latest))(draft, session, token)
     # The last check matters for one-step drafts: an edit during their only step cannot interrupt it.
     return None if result.interrupted or latest.stale(session, token) else result
 
@@ -44,6 +54,8 @@ def wire_live_preview(manager: Any, fields: dict[str, gr.components.Component],
     """Regenerate a draft into `image` after edits of `triggers` while `enabled` is ticked; the
     request is made from the `fields` widgets' values by `make_request`."""
     latest = Latest()
+    # Only the draft itself borrows a ZeroGPU GPU; the wait and the staleness checks stay here.
+    draw = gpu_entry(functools.partial(draw_draft, manager, latest), lambda draft, *_: gpu_seconds(draft))
 
     def session_of(request: gr.Request | None) -> str:
         return getattr(request, "session_hash", None) or "api"
@@ -57,7 +69,8 @@ def wire_live_preview(manager: Any, fields: dict[str, gr.components.Component],
             return gr.skip(), gr.skip()
         values = {name: data[widget] for name, widget in fields.items()}
         try:
-            result = live_preview(make_request(values), manager, latest, session_of(request), data[edit])
+            result = live_preview(make_request(values), manager, latest, session_of(request), data[edit],
+                                  draw=draw)
         except (ValueError, TypeError, ModelUnavailable) as exc:
             return gr.skip(), f"Preview paused: {exc}"
         if result is None:  # superseded: the newer edit's preview will answer
