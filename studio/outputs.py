@@ -45,13 +45,19 @@ def save_result_images(result: Result, outputs_dir: Path) -> list[Path]:
     them as <name>-sharp.png; then come the ControlNet hints when they were kept, saved as
     <first name>-hint-<unit>.png."""
     folder = Path(outputs_dir) / f"{datetime.now():%Y-%m-%d}"
-    paths, sharp = [], []
-    for i, (image, seed) in enumerate(zip(result.images, result.seeds)):
-        info = png_info(result, i)
-        paths.append(save_png(image, folder, output_name(seed), info))
-        if result.originals:
-            sharp.append(save_png(result.originals[i], folder, paths[-1].stem + "-sharp.png", info))
-    hints = [save_png(hint, folder, f"{paths[0].stem}-hint-{i + 1}.png") for i, hint in enumerate(result.hints)]
+    paths, sharp, hints = [], [], []
+    try:
+        for i, (image, seed) in enumerate(zip(result.images, result.seeds)):
+            info = png_info(result, i)
+            paths.append(save_png(image, folder, output_name(seed), info))
+            if result.originals:
+                sharp.append(save_png(result.originals[i], folder, paths[-1].stem + "-sharp.png", info))
+        for i, hint in enumerate(result.hints):
+            hints.append(save_png(hint, folder, f"{paths[0].stem}-hint-{i + 1}.png"))
+    except BaseException:  # a batch is saved whole or not at all (a full disk fails mid-batch)
+        for path in paths + sharp + hints:
+            path.unlink(missing_ok=True)
+        raise
     return paths + sharp + hints
 
 

@@ -134,17 +134,19 @@ def test_every_aspect_bucket_of_every_model_generates(studio, page):
     url, _ = studio
     open_studio(page, url)
     page.locator("#prompt textarea").fill("a field")
-    for name, label in TINY_MODELS.items():
+    for k, (name, label) in enumerate(TINY_MODELS.items()):
         choose(page, "model", re.compile(rf"^{re.escape(label)}"))
         options = dropdown_options(page, "aspect")
         buckets = [o for o in options if "·" in o]
         assert len(buckets) == 9, options
-        for option in buckets:
+        for i, option in enumerate(buckets):
             ratio, size = (part.strip() for part in option.split("·"))
             w, h = (int(v) for v in size.split("×"))
             choose(page, "aspect", option)
             expect(page.locator("#width input[type=number]")).to_have_value(str(w))
             expect(page.locator("#height input[type=number]")).to_have_value(str(h))
+            if k > 0 and i not in (0, len(buckets) - 1):
+                continue  # the first model makes every bucket; the others their two extremes (CI time)
             generate(page)
             expect(page.locator("#details")).to_contain_text(f'"width": {w}')
             assert "Error" not in page.locator("#status").inner_text(), (name, option)

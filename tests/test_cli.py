@@ -19,7 +19,7 @@ def test_every_option_has_help():
 
     parser, _ = parse_args([])
     options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
-    assert len(options) == 10
+    assert len(options) == 16
     assert all(a.help and len(a.help) > 15 for a in options), [a.dest for a in options if not a.help]
     assert "port to listen on" in run_app("--help").stdout
 
@@ -41,3 +41,12 @@ def test_a_vae_or_controlnet_is_not_a_startup_model():
 def test_a_nonpositive_upscale_limit_is_a_usage_error():
     done = run_app("--upscale-max-pixels", "0")
     assert done.returncode == 2 and "--upscale-max-pixels must be a positive number of pixels, got 0" in done.stderr
+
+
+def test_bad_serving_options_are_usage_errors_that_never_echo_a_password():
+    done = run_app("--max-file-size", "huge")
+    assert done.returncode == 2
+    assert "--max-file-size: expected a positive size such as 200mb, 64kb or 1gb, got 'huge'" in done.stderr
+    done = run_app("--auth", "alice:pw-secret-1", "--auth", "pw-secret-2")
+    assert done.returncode == 2 and "--auth #2 must be USER:PASSWORD, got an entry without ':'" in done.stderr
+    assert "pw-secret" not in done.stderr + done.stdout and "Traceback" not in done.stderr

@@ -59,14 +59,18 @@ class Lease:
         """(registry name, transformers depth-estimation pipeline), loaded on first use."""
         if self._released:
             raise RuntimeError(f"the GPU lease for {self.description} was released; take a new one")
-        return self._manager._depth_estimator()
+        from studio.models.helpers import depth_estimator
+
+        return depth_estimator(self._manager)
 
     def annotator(self, kind: str) -> tuple[str, Any]:
         """(registry name, annotator) of `kind` ("lineart"), loaded on first use; the annotator maps
         a PIL RGB image to its hint image (white lines on black, the same size)."""
         if self._released:
             raise RuntimeError(f"the GPU lease for {self.description} was released; take a new one")
-        return self._manager._annotator(kind)
+        from studio.models.helpers import annotator
+
+        return annotator(self._manager, kind)
 
     def release(self) -> None:
         """Undo the job's changes and let the next job in. Idempotent; callable from any thread."""

@@ -68,6 +68,7 @@ class ModelManager:
     lora_dir: Path | None = None  # the user's LoRA library (studio.loras.LoraLibrary); None: no library
     scratch_dir: Path | None = None  # big arrays of an upscale; None: the system's temp folder
     upscale_max_pixels: int | None = None  # the largest upscale output; None: the pipeline's default
+    low_memory: bool = False  # after an out-of-memory error: model offload on CUDA, VAE tiling and slicing
     _gate: Gate = field(default_factory=Gate, init=False)
     _loaded: OrderedDict[str, _Loaded] = field(default_factory=OrderedDict, init=False)  # LRU first
     _info: DeviceInfo | None = field(default=None, init=False)
@@ -84,7 +85,13 @@ class ModelManager:
         return self._info
 
     def offload_mode(self, entry: ModelEntry) -> Offload:
-        return choose_offload(self.device_info, self.registry.family(entry.family).vram_gb)
+        mode = choose_offload(self.device_info, self.registry.family(entry.family).vram_gb)
+        return "model" if self.low_memory and mode == "none" and self.device_info.device == "cuda" else mode
+
+    @property
+    def busy(self) -> bool:
+        """A job holds this manager's lease now."""
+        return self._gate.holder is not None
 
     def loaded(self) -> list[str]:
         """Names of loaded checkpoints (models and ControlNets), least recently used first."""
@@ -192,6 +199,12 @@ class ModelManager:
             raise
         return lease
 
+    def recover(self) -> None:
+        """After an out-of-memory error: unload everything (the next job loads afresh) and stay in
+        low-memory mode until restart, so the retry and the jobs after it fit."""
+        with self.lease(None, exclusive=True, purpose="freeing GPU memory after an out-of-memory error"):
+            self.low_memory = True
+
     def _end(self, lease: Lease) -> None:
         """Called by `Lease.release` after the job's changes are undone."""
         if lease.exclusive:
@@ -220,36 +233,6 @@ class ModelManager:
                 raise
 
         lease.on_release(undo)
-
-    def _depth_estimator(self) -> tuple[str, Any]:
-        """The depth estimator (lens blur, depth hints), loaded on first use."""
-        from studio.models.depth import load_depth_estimator
-
-        return self._helper("depth", self.registry.depth(self.depth_model), load_depth_estimator,
-                            "The lens blur and depth hints need this depth model; without it, set depth of field "
-                            "to 'prompt words only' and give depth hints ready-made.")
-
-    def _annotator(self, kind: str) -> tuple[str, Any]:
-        """The hint annotator of `kind` ("lineart"), loaded on first use."""
-        from studio.models.annotators import load_lineart
-
-        return self._helper(kind, self.registry.annotator(kind, (self.annotator_models or {}).get(kind)), load_lineart,
-                            f"Drawing {kind} hints needs this annotator; without it, give a ready {kind} image as "
-                            "the hint instead.")
-
-    def _helper(self, key: str, entry: Any, load: Callable[[str, str, str], Any], why: str) -> tuple[str, Any]:
-        """(name, model) of a small helper model (depth estimator ~25M parameters, line art ~4M),
-        loaded once with `load(source, device, dtype)` and kept outside the LRU."""
-        held = self._helpers.get(key)
-        if held is None or held[0] != entry.name:
-            try:
-                source = self.source(entry)
-            except ModelUnavailable as exc:
-                raise ModelUnavailable(f"{exc}. {why}") from exc
-            info = self.device_info
-            held = self._helpers[key] = (entry.name, load(source, info.device, choose_dtype(info)))
-            log.info("loaded %s model %s", key, entry.name)
-        return held
 
     # -- loading, eviction, derived pipelines and adapters (called inside a held lease) -----------
 
@@ -367,14 +350,16 @@ class ModelManager:
             loaded.model.disable_lora()
 
     def _place(self, pipe: Any, entry: ModelEntry) -> None:
-        info = self.device_info
-        mode = self.offload_mode(entry)
+        info, mode = self.device_info, self.offload_mode(entry)
         if mode == "model":
-            pipe.enable_model_cpu_offload()
+            pipe.enable_model_cpu_offload(gpu_id=info.index)
         elif mode == "sequential":
-            pipe.enable_sequential_cpu_offload()
+            pipe.enable_sequential_cpu_offload(gpu_id=info.index)
         elif info.device != "cpu":
-            pipe.to(info.device)
+            pipe.to(info.torch_device)
+        if self.low_memory and getattr(pipe, "vae", None) is not None:  # decode in tiles, one image at a time
+            pipe.vae.enable_tiling()
+            pipe.vae.enable_slicing()
 
     def _free_accelerator_memory(self) -> None:
         if self.device_info.device == "cuda":
@@ -383,7 +368,8 @@ class ModelManager:
             import torch
 
             gc.collect()
-            torch.cuda.empty_cache()
+            with torch.cuda.device(self.device_info.index):
+                torch.cuda.empty_cache()
 
     # -- conveniences over lease() --------------------------------------------------------------
 

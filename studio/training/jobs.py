@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.loras import CROSS_ATTN_KEY, DOWN_KEY, LoraLibrary, check_name, read_safetensors_header
+from studio.models.pool import pinned
 from studio.outputs import save_png
 from studio.results import StepEvent
 from studio.training.config import TrainConfig
@@ -129,16 +130,16 @@ class TrainingJobs:
 
     def status(self, job_id: str) -> dict:
         with self._lock:
-            record = self._records.get(job_id)
+            record = self._records.get(job_id) if isinstance(job_id, str) else None  # a dict is unhashable
             if record is None:
-                raise ValueError(f"no training job {job_id!r}")
+                raise ValueError(f"no training job {job_id!r:.100}")
             return asdict(record)  # a copy: the thread goes on changing the record
 
     def stop(self, job_id: str) -> None:
         """Ask job `job_id` to stop: at its next step it writes a checkpoint and ends as "stopped"."""
         with self._lock:
-            if job_id not in self._records:
-                raise ValueError(f"no training job {job_id!r}")
+            if not isinstance(job_id, str) or job_id not in self._records:
+                raise ValueError(f"no training job {job_id!r:.100}")
             self._stops[job_id].set()
 
     # -- runs on disk: listing, resuming, discarding
@@ -316,7 +317,9 @@ class TrainingJobs:
             self._save(job_id)
 
         try:
-            result = self._run(config, images, captions, self.manager, run_dir, on_step=on_step, on_sample=on_sample)
+            with pinned(self.manager):  # "cuda" is the manager's GPU (--gpus) in this thread
+                result = self._run(config, images, captions, self.manager, run_dir, on_step=on_step,
+                                   on_sample=on_sample)
             if result.state == "done":
                 path = Path(result.lora_path)
                 self.library.add(path, config.name, cross_attention_width(path), self._family(config.model),

@@ -19,7 +19,12 @@ from studio.ui.train import build_train_tab
 
 
 def build_app(manager: Any, default_model: str, outputs_dir: Path, user_presets: Path,
-              notice: str | None = None, lora_dir: Path = Path("loras")) -> gr.Blocks:
+              notice: str | None = None, lora_dir: Path = Path("loras"), devices: Any = None) -> gr.Blocks:
+    """The app on `manager` (the first GPU's, or the only one); `devices` (a DevicePool whose
+    first manager is `manager`) runs generation jobs on several GPUs."""
+    from studio.models.pool import DevicePool
+
+    devices = devices or DevicePool([manager])
     with gr.Blocks(title="Studio") as demo:
         gr.Markdown("# Studio\nImage generation on diffusers.")
         if notice:
@@ -27,7 +32,8 @@ def build_app(manager: Any, default_model: str, outputs_dir: Path, user_presets:
         history = gr.State([])
         # Before the tabs: their LoRA pickers list its library, and it marks runs a restart cut short
         jobs = TrainingJobs(manager, Path(lora_dir))
-        ctx = AppContext(manager, default_model, Path(outputs_dir), StopFlags(), history, load_styles(), jobs.library)
+        ctx = AppContext(manager, default_model, Path(outputs_dir), StopFlags(), history, load_styles(), jobs.library,
+                         devices)
         store = PresetStore(manager.registry, user_presets)
         presets_slot = gr.Column()
         active = gr.State("txt2img")  # the tab shown: what "save" and "share" take their settings from

@@ -11,7 +11,6 @@ import gradio as gr
 from studio.groups_control import usable_controlnets
 from studio.images import open_image
 from studio.ui.generate import INPUT_ERRORS
-from studio.ui.jobs import GPU
 from studio.ui.tab import AppContext, status_html
 from studio.ui.widgets import integral, widget
 
@@ -90,5 +89,5 @@ def wire_preview(ctx: AppContext, unit: dict, s: str, size: list, status: Any) -
 
     inputs = [unit["control_image" + s], unit["control_type" + s], unit["canny_low_threshold" + s],
               unit["canny_high_threshold" + s], unit["control_resize_mode" + s], *size]
-    unit["preview" + s].click(preview, inputs, [unit["hint_editor" + s], status], concurrency_id=GPU,
-                              concurrency_limit=1, api_visibility="private")
+    unit["preview" + s].click(preview, inputs, [unit["hint_editor" + s], status], api_visibility="private",
+                              **ctx.gpu_queue)

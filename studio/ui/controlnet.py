@@ -21,7 +21,6 @@ from studio.ui.control_unit import (
     wire_preview,
 )
 from studio.ui.generate import INPUT_ERRORS, wire_generate
-from studio.ui.jobs import GPU
 from studio.ui.lora_picker import lora_picker
 from studio.ui.tab import (
     AppContext,
@@ -114,4 +113,4 @@ def wire_hint_api(ctx: AppContext) -> None:
         hint = gr.Image(type="pil", format="png", label="Hint")
         button = gr.Button()
     button.click(control_hint_api, [image, control_type, low, high], hint, api_name="control_hint",
-                 concurrency_id=GPU, concurrency_limit=1, preprocess=False)
+                 preprocess=False, **ctx.gpu_queue)

@@ -9,6 +9,7 @@ name and raises a clear error instead.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +17,26 @@ from typing import Any
 
 import gradio as gr
 
+from studio.deploy import gpu_entry, request_seconds
 from studio.models.manager import ModelUnavailable
+from studio.models.pool import OutOfMemory
 from studio.outputs import save_result_images
 from studio.results import Stopped
-from studio.ui.jobs import GPU, stream_job
+from studio.ui.jobs import stream_job
 from studio.ui.tab import AppContext, Tab, status_html
 from studio.ui.widgets import api_function, api_order
 
-INPUT_ERRORS = (ValueError, ModelUnavailable)  # the user's to fix: a message, not a traceback
-# ... and a Stop pressed while the job still waited for the GPU (it made nothing): said as plainly.
+# The user's to fix: a message, not a traceback. So are a Stop pressed while the job still waited
+# for the GPU (it made nothing) and running out of GPU memory even after the low-memory retry.
+INPUT_ERRORS = (ValueError, ModelUnavailable, OutOfMemory)
+
+
+def not_saved(exc: OSError, outputs_dir: Path, on_page: bool = True) -> str:
+    """What to say when the outputs folder refused the files (disk full, read-only, gone)."""
+    where = ("They are shown here only: download the ones you want from the gallery, then" if on_page
+             else "Nothing was saved:")
+    return (f"The images could not be saved in {outputs_dir}: {exc.strerror or exc}. {where} free some space "
+            "or choose another --outputs folder.")
 
 
 def session_of(request: gr.Request | None) -> str:
@@ -71,7 +83,10 @@ def default_hooks(gallery: Any, api_seed: Any, details: Any) -> ResultHooks:
 
 def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Button, out: dict[str, Any],
                   hooks: ResultHooks | None = None) -> None:
-    manager, task = ctx.manager, tab.task
+    manager, task, devices = ctx.manager, tab.task, ctx.devices
+
+    def run_job(request: Any, on_step: Any) -> Any:  # on the least busy GPU, from start to end
+        return devices.run(task.run, request, on_step)
     api_seed = gr.Number(visible=False, precision=0)  # the API returns the seed as a number
     hooks = hooks or default_hooks(out["gallery"], api_seed, out["details"])
     extra_skip = [gr.skip()] * len(hooks.page_outputs)
@@ -97,7 +112,7 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
         flag = ctx.stops.start(session)
         result = None
         try:
-            for kind, payload in stream_job(task.run, job, manager, flag):
+            for kind, payload in stream_job(lambda request, _, on_step: run_job(request, on_step), job, None, flag):
                 if kind == "wait":
                     yield skip, skip, skip, status_html(payload, "waiting"), skip, *extra_skip
                 elif kind == "step":
@@ -116,13 +131,20 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
             return
         finally:
             ctx.stops.finish(session, flag)
-        paths = hooks.save(result, ctx.outputs_dir)
+        try:
+            paths = hooks.save(result, ctx.outputs_dir)
+        except OSError as exc:  # the images stay on the page; nothing half-written stays on disk
+            yield (list(result.images), str(result.seed), result.summary(),
+                   status_html(not_saved(exc, ctx.outputs_dir), "error"), skip, *extra_skip)
+            return
         history = [*(data[ctx.history] or []), *((str(p), task.name) for p in paths[:len(result.images)])]
         kind = "stopped" if result.interrupted else "done"
         yield (gallery_items(paths, result), str(result.seed), result.summary(), status_html(result.status(), kind),
                history, *hooks.page_values(paths, result))
 
-    def on_api(values: dict[str, Any], progress: gr.Progress, request: gr.Request):
+    async def on_api(values: dict[str, Any], progress: gr.Progress, request: gr.Request):
+        # A coroutine, so that a caller's cancel (gradio_client's `job.cancel()`) reaches the job:
+        # Gradio cancels the awaiting task, and the job's thread stops at its next step.
         session = job_key(request, task)
         try:
             job = prepare(values)
@@ -138,25 +160,46 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
             return flag.is_set()
 
         try:
-            result = task.run(job, manager, on_step)
+            result = await asyncio.to_thread(run_job, job, on_step)
         except (*INPUT_ERRORS, Stopped) as exc:
             raise gr.Error(str(exc), print_exception=False) from None
+        except asyncio.CancelledError:
+            flag.set()
+            raise
         finally:
             ctx.stops.finish(session, flag)
-        return hooks.api_values(hooks.save(result, ctx.outputs_dir), result)
+        try:
+            paths = await asyncio.to_thread(hooks.save, result, ctx.outputs_dir)
+        except OSError as exc:
+            raise gr.Error(not_saved(exc, ctx.outputs_dir, on_page=False), print_exception=False) from None
+        return hooks.api_values(paths, result)
 
     # preprocess=False: raw values reach validation, whose errors name the field, the range and
     # the value, also for API callers that bypass the sliders.
-    gpu = dict(concurrency_id=GPU, concurrency_limit=1, preprocess=False)
-    generate.click(on_page, {*tab.page_inputs.values(), ctx.history},
+    # One queue for every GPU job, as many at once as there are GPUs (each job pinned to one).
+    gpu = dict(**ctx.gpu_queue, preprocess=False)
+
+    # On a ZeroGPU Space each run borrows a GPU for the seconds its request needs (studio.deploy).
+    def page_request(data: dict, *_: Any) -> Any:
+        return prepare(tab.read_page({name: data[w] for name, w in tab.page_inputs.items()}))
+
+    def api_request(*values: Any) -> Any:  # the fields by position, then request and progress
+        return prepare(dict(zip(api_order(task.request), values)))
+
+    # Said at once, outside the queue: a job queued behind another's would otherwise show nothing
+    # until its turn (Gradio's own "queue: k/n" sits at the status line's right edge).
+    generate.click(lambda: status_html("Queued: the GPU is busy with another job; yours starts when it is free.",
+                                       "waiting") if devices.busy else skip,
+                   None, status, queue=False, show_progress="hidden", api_visibility="private")
+    generate.click(gpu_entry(on_page, request_seconds(page_request)), {*tab.page_inputs.values(), ctx.history},
                    [gallery, used_seed, details, status, ctx.history, *hooks.page_outputs],
-                   show_progress="hidden", api_visibility="private", **gpu)
+                   show_progress="minimal", show_progress_on=status, api_visibility="private", **gpu)
     api_button = gr.Button(visible=False)
     doc = (f"{task.label}: returns {hooks.api_doc or 'the images (PNG files that carry their settings), the seed used and the details'}"
            f". Parameters are the request's fields; omitted ones take the page's defaults.")
     api_inputs = [tab.fields[name] for name in api_order(task.request)]
-    api_button.click(api_function(on_api, task.request, doc), api_inputs, hooks.api_outputs,
-                     api_name=task.name, show_progress="hidden", **gpu)
+    api_button.click(gpu_entry(api_function(on_api, task.request, doc), request_seconds(api_request)), api_inputs,
+                     hooks.api_outputs, api_name=task.name, show_progress="hidden", **gpu)
 
     def stop_job(request: gr.Request) -> None:
         ctx.stops.stop(job_key(request, task))

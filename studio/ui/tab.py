@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 from PIL import Image
 
 from studio.buckets import buckets
 from studio.fields import defaults, label, specs
 from studio.images import open_image, open_mask
 from studio.tasks import Task
-from studio.ui.jobs import StopFlags
+from studio.ui.jobs import GPU, StopFlags
 from studio.ui.widgets import elem_id, parse, shown, widget
 
 CUSTOM = "Custom"
@@ -36,6 +37,13 @@ class AppContext:
     history: gr.State  # this session's saved images: [(path, task), ...]
     styles: dict[str, Any]  # the styles library by name
     library: Any = None  # the LoRA library (studio.loras.LoraLibrary) the LoRA pickers list; None: no picker
+    devices: Any = None  # the GPUs jobs run on (studio.models.pool.DevicePool); None: `manager` alone
+
+    @property
+    def gpu_queue(self) -> dict[str, Any]:
+        """Event arguments of everything that runs on a GPU: one queue, as many at once as there are
+        GPUs. (Gradio gives a shared queue the lowest limit any of its events asks for.)"""
+        return dict(concurrency_id=GPU, concurrency_limit=len(self.devices) if self.devices else 1)
 
 
 @dataclass
@@ -94,10 +102,27 @@ class Tab:
 
 
 def upload_path(value: Any, what: str = "Image (image)") -> str:
-    """The file path Gradio gives for an upload: a FileData dict (raw events) or a path."""
+    """The file path Gradio gives for an upload: a FileData dict (raw events) or a path, which must
+    lie in Gradio's upload folder (files really uploaded, and the images the app showed).
+
+    Raw events (preprocess=False) skip Gradio's own check for values without FileData's "meta", so
+    an API caller could name any file on the server (/etc/passwd, another user's outputs, a path
+    with ..) or a URL; those are refused here, and nothing is ever fetched from a URL."""
     path = value.get("path") if isinstance(value, dict) else value
+    url = value.get("url") if isinstance(value, dict) else None
+    if path is None and isinstance(url, str) or isinstance(path, str) and "://" in path:
+        raise ValueError(f"{what} must be an uploaded file, got the URL {str(path or url)!r:.100}: Studio does "
+                         "not fetch URLs; upload the file itself")
     if not isinstance(path, (str, Path)) or not str(path):
         raise ValueError(f"{what} must be an uploaded image file, got {value!r:.100}")
+    folder = Path(get_upload_folder()).resolve()
+    try:
+        inside = Path(path).resolve().is_relative_to(folder)  # resolve(): no way out by .. or a link
+    except (OSError, ValueError):  # a NUL byte, a loop of links
+        inside = False
+    if not inside:
+        raise ValueError(f"{what} must be a file uploaded to this app, got {str(path)!r:.100}, which lies "
+                         "outside its upload folder: upload the file itself")
     return str(path)
 
 

@@ -70,7 +70,8 @@ def parse(spec: Spec, raw: Any) -> Any:
         return optional_number(raw)
     if spec.kind == "int":
         return integral(raw)
-    if spec.kind == "float" and isinstance(raw, int) and not isinstance(raw, bool):
+    # (not an int past float's range, ~2**1024: converting it overflows; validation refuses it as it is)
+    if spec.kind == "float" and isinstance(raw, int) and not isinstance(raw, bool) and abs(raw) < 2**1000:
         return float(raw)  # a slider at a whole number sends 1, which diffusers' checks refuse as a weight
     if spec.kind == "text" and raw is None and spec.keep_if_null:
         return ""  # an empty box (an API caller's None) is empty text
@@ -116,9 +117,14 @@ def api_function(fn: Callable[..., Any], request_type: type, doc: str) -> Callab
     from the widgets' initial values (which come from the same declarations)."""
     names = api_order(request_type)
 
-    def handler(*args):
-        *values, request, progress = args
-        return fn(dict(zip(names, values)), progress, request)
+    if inspect.iscoroutinefunction(fn):  # Gradio awaits it: a caller's cancel reaches it
+        async def handler(*args):
+            *values, request, progress = args
+            return await fn(dict(zip(names, values)), progress, request)
+    else:
+        def handler(*args):
+            *values, request, progress = args
+            return fn(dict(zip(names, values)), progress, request)
 
     # Gradio gives a parameter its widget's initial value as the default, or None when the widget
     # starts empty and the signature says None (an optional image): all but the essential ones.
