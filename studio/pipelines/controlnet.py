@@ -87,6 +87,7 @@ def run(request: ControlNetRequest, models: Any, on_step: StepCallback | None = 
         resolve_units,
         unit_details,
     )
+    from studio.pipelines.decode import generate
     from studio.pipelines.sampling import (
         make_generators,
         prompt_inputs,
@@ -129,7 +130,8 @@ def run(request: ControlNetRequest, models: Any, on_step: StepCallback | None = 
             extra = dict(image=resize_image(request.init_image.convert("RGB"), width, height, "crop and resize"),
                          strength=request.strength)
         # 5. Denoise with the units' residuals and decode
-        output = pipe(
+        images = generate(
+            pipe,
             **prompt_kwargs,
             **control_kwargs(resolved, hints, "image" if task == "txt2img" else "control_image"),
             **extra,
@@ -149,7 +151,7 @@ def run(request: ControlNetRequest, models: Any, on_step: StepCallback | None = 
                                           steps_run=request.steps_run)
     details = Details(family=entry.family, repo_id=entry.repo_id, prompt_encoding=prompt_details,
                       input_image=input_details, control=unit_details(resolved, hints))
-    return Result(request=request, images=list(output.images), seeds=seeds_for(request.seed, request.batch_size),
+    return Result(request=request, images=images, seeds=seeds_for(request.seed, request.batch_size),
                   prompt=prompt, negative_prompt=negative_prompt, steps_done=state["steps_done"],
                   total_steps=request.steps_run, interrupted=state["interrupted"], details=details,
                   hints=hints if request.save_hints else [])

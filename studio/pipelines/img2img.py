@@ -27,6 +27,7 @@ class Img2ImgRequest(Loras, Style, Model, Sampler, Size, Prompt, InitImage):
 def run(request: Img2ImgRequest, models: Any, on_step: StepCallback | None = None) -> Result:
     """Repaint `request.image` into `request.batch_size` images with the model manager `models`."""
     from studio.images import resize_image
+    from studio.pipelines.decode import generate
     from studio.pipelines.sampling import make_generators, prompt_inputs, resolve_seed, seeds_for, step_callback, waiting
     from studio.schedulers import make_scheduler
 
@@ -49,7 +50,8 @@ def run(request: Img2ImgRequest, models: Any, on_step: StepCallback | None = Non
         pipe.scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
         prompt_kwargs, prompt_details = prompt_inputs(pipe, prompt, negative_prompt)
         # 4. Encode, noise to `strength`, denoise and decode
-        output = pipe(
+        images = generate(
+            pipe,
             **prompt_kwargs,
             image=image,
             strength=request.strength,
@@ -64,6 +66,6 @@ def run(request: Img2ImgRequest, models: Any, on_step: StepCallback | None = Non
     input_details = InputImageDetails(input_size=list(request.image.size), resize_mode=request.resize_mode,
                                       steps_run=request.steps_run)
     details = Details(family=entry.family, repo_id=entry.repo_id, prompt_encoding=prompt_details, input_image=input_details)
-    return Result(request=request, images=list(output.images), seeds=seeds_for(request.seed, request.batch_size),
+    return Result(request=request, images=images, seeds=seeds_for(request.seed, request.batch_size),
                   prompt=prompt, negative_prompt=negative_prompt, steps_done=state["steps_done"],
                   total_steps=request.steps_run, interrupted=state["interrupted"], details=details)

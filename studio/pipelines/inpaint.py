@@ -74,6 +74,7 @@ def repaint(request: Any, models: Any, on_step: StepCallback | None, plan: Plan)
     from studio.groups_control import ControlUnit
     from studio.images import fit_size
     from studio.pipelines.control import Resolved, control_kwargs, resolve_units, unit_details
+    from studio.pipelines.decode import generate
     from studio.pipelines.sampling import (
         make_generators,
         prompt_inputs,
@@ -128,7 +129,8 @@ def repaint(request: Any, models: Any, on_step: StepCallback | None, plan: Plan)
         pipe.scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
         prompt_kwargs, prompt_details = prompt_inputs(pipe, prompt, negative_prompt)
         # 5. Denoise the window (diffusers keeps the unmasked latents on the noised original)
-        output = pipe(
+        repainted = generate(
+            pipe,
             **prompt_kwargs,
             **extra,
             image=source,
@@ -144,7 +146,7 @@ def repaint(request: Any, models: Any, on_step: StepCallback | None, plan: Plan)
         )
 
     # 6. Paste each result back: outside the feathered mask every pixel is the original's
-    images = [masks.paste_window(plan.image, out, plan.window, plan.alpha) for out in output.images]
+    images = [masks.paste_window(plan.image, out, plan.window, plan.alpha) for out in repainted]
     inpaint = InpaintDetails(mode=plan.mode, inpaint_model=request.inpaint_model or f"{request.model} (its own)",
                              window=list(plan.window), working_size=list(size),
                              mask_coverage=round(masks.mask_coverage(plan.mask), 4), output_size=list(plan.image.size))

@@ -31,6 +31,7 @@ def run(request: Txt2ImgRequest, models: Any, on_step: StepCallback | None = Non
     """Generate `request.batch_size` images for `request` with the model manager `models`."""
     from studio.pipelines import camera
     from studio.pipelines.conditioning import micro_conditioning_arguments
+    from studio.pipelines.decode import generate
     from studio.pipelines.sampling import (
         make_generators,
         prompt_inputs,
@@ -69,7 +70,8 @@ def run(request: Txt2ImgRequest, models: Any, on_step: StepCallback | None = Non
             horizon = HorizonDetails(**camera.horizon_details(request), controlnet=nets[0] if nets else None)
         control = camera.horizon_control_arguments(request, depth_net) if nets else {}
         # 6. Denoise and decode
-        output = pipe(
+        images = generate(
+            pipe,
             **prompt_kwargs,
             **conditioning_kwargs,
             **control,
@@ -82,7 +84,7 @@ def run(request: Txt2ImgRequest, models: Any, on_step: StepCallback | None = Non
             latents=latents,
             callback_on_step_end=step_callback(on_step, request.num_inference_steps, state, schedule),
         )
-        images, originals, dof = list(output.images), [], None
+        originals, dof = [], None
         # 7. Depth of field through the lens, from each image's estimated depth; sharp ones are kept
         if request.aperture_f_number is not None and request.dof_mode == "lens":
             depth_name, estimator = lease.depth_estimator()

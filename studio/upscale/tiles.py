@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from studio.pipelines.decode import NonFiniteError, all_finite, restored_dtype
 from studio.upscale.patches import axis_starts, patch_grid, patch_weight
 
 SCALE = 8  # vae_scale_factor of SD1.5 and SDXL: three 2x downsamplings
@@ -96,10 +97,18 @@ def band_rows(h: int, tile: int) -> int:
 
 
 def _decode_tile(vae, latents: torch.Tensor, box: tuple[int, int, int, int]) -> np.ndarray:
-    """Decode one latent box to float32 (8th, 8tw, 3) pixels in [-1, 1] on the CPU."""
+    """Decode one latent box to float32 (8th, 8tw, 3) pixels in [-1, 1] on the CPU; a tile that
+    decodes to NaN or ±inf in fp16 is decoded again in fp32 (the NaN guard, studio/pipelines/decode.py)."""
     top, left, bottom, right = box
     z = latents[:, :, top:bottom, left:right] / vae.config.scaling_factor + _shift(vae)
     x = vae.decode(z.to(vae.device, vae.dtype)).sample  # (1, 3, 8th, 8tw)
+    if not all_finite(x) and vae.dtype != torch.float32:
+        with restored_dtype(vae, vae.dtype):
+            vae.to(torch.float32)
+            x = vae.decode(z.to(vae.device, torch.float32)).sample
+    if not all_finite(x):
+        raise NonFiniteError(f"The VAE decoded NaN or infinite pixels even in float32 at latent tile {box}; "
+                             "nothing was saved.")
     return x[0].permute(1, 2, 0).float().cpu().numpy()
 
 
@@ -117,6 +126,9 @@ def decode_tiled(vae, latents: torch.Tensor, out: np.ndarray, tile: int, overlap
         raise ValueError(f"`out` must be uint8 {(height, width, 3)} for latents {tuple(latents.shape)}, "
                          f"but it is {out.dtype} {tuple(out.shape)}.")
     _check_grid(tile, overlap)
+    if not all_finite(latents):  # the sampler overflowed: no decode can make an image of that
+        raise NonFiniteError("The latents to decode hold NaN or infinite values (the UNet overflowed); "
+                             "nothing was saved: try a lower guidance scale or strength, or another sampler.")
     rows, cols = axis_starts(h, tile, overlap), axis_starts(w, tile, overlap)
     th, tw = min(tile, h), min(tile, w)
     band = np.zeros((band_rows(h, tile), width, 3), np.float32)  # weighted pixel sums
