@@ -16,9 +16,10 @@ from studio.results import Result
 
 
 def output_name(seed: int, now: datetime | None = None) -> str:
-    """A file name made of the time, the seed and a random tag: never of prompt text."""
+    """A file name made of the time, the seed and a random tag: never of prompt text. The tag has
+    64 random bits, so knowing someone's time and seed is not enough to fetch their image."""
     now = now or datetime.now()
-    return f"{now:%H%M%S}-{seed}-{secrets.token_hex(3)}.png"
+    return f"{now:%H%M%S}-{seed}-{secrets.token_hex(8)}.png"
 
 
 def save_png(image: Any, folder: Path, name: str, info: PngImagePlugin.PngInfo | None = None) -> Path:
