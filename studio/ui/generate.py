@@ -84,14 +84,14 @@ def default_hooks(gallery: Any, api_seed: Any, details: Any) -> ResultHooks:
 def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Button, out: dict[str, Any],
                   hooks: ResultHooks | None = None) -> None:
     manager, task, devices = ctx.manager, tab.task, ctx.devices
-
-    def run_job(request: Any, on_step: Any) -> Any:  # on the least busy GPU, from start to end
-        return devices.run(task.run, request, on_step)
     api_seed = gr.Number(visible=False, precision=0)  # the API returns the seed as a number
     hooks = hooks or default_hooks(out["gallery"], api_seed, out["details"])
     extra_skip = [gr.skip()] * len(hooks.page_outputs)
     gallery, used_seed, details, status = out["gallery"], out["used_seed"], out["details"], out["status"]
     skip = gr.skip()
+
+    def run_job(request: Any, on_step: Any) -> Any:  # on the least busy GPU, from start to end
+        return devices.run(task.run, request, on_step)
 
     def prepare(values: dict[str, Any]) -> Any:
         try:
@@ -112,7 +112,7 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
         flag = ctx.stops.start(session)
         result = None
         try:
-            for kind, payload in stream_job(lambda request, _, on_step: run_job(request, on_step), job, None, flag):
+            for kind, payload in stream_job(lambda job, _, on_step: run_job(job, on_step), job, None, flag):
                 if kind == "wait":
                     yield skip, skip, skip, status_html(payload, "waiting"), skip, *extra_skip
                 elif kind == "step":
@@ -174,9 +174,9 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
             raise gr.Error(not_saved(exc, ctx.outputs_dir, on_page=False), print_exception=False) from None
         return hooks.api_values(paths, result)
 
+    # One queue for every GPU job, as many at once as there are GPUs (each job pinned to one).
     # preprocess=False: raw values reach validation, whose errors name the field, the range and
     # the value, also for API callers that bypass the sliders.
-    # One queue for every GPU job, as many at once as there are GPUs (each job pinned to one).
     gpu = dict(**ctx.gpu_queue, preprocess=False)
 
     # On a ZeroGPU Space each run borrows a GPU for the seconds its request needs (studio.deploy).
