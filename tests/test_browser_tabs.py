@@ -139,14 +139,13 @@ def test_every_aspect_bucket_of_every_model_generates(studio, page):
         options = dropdown_options(page, "aspect")
         buckets = [o for o in options if "·" in o]
         assert len(buckets) == 9, options
-        for i, option in enumerate(buckets):
+        # The first model makes every bucket; the others their two extremes (the same code, and CI time)
+        for option in buckets if k == 0 else [buckets[0], buckets[-1]]:
             ratio, size = (part.strip() for part in option.split("·"))
             w, h = (int(v) for v in size.split("×"))
             choose(page, "aspect", option)
             expect(page.locator("#width input[type=number]")).to_have_value(str(w))
             expect(page.locator("#height input[type=number]")).to_have_value(str(h))
-            if k > 0 and i not in (0, len(buckets) - 1):
-                continue  # the first model makes every bucket; the others their two extremes (CI time)
             generate(page)
             expect(page.locator("#details")).to_contain_text(f'"width": {w}')
             assert "Error" not in page.locator("#status").inner_text(), (name, option)

@@ -262,4 +262,25 @@ def test_placement_follows_the_offload_decision(registry, tiny_cache, info, call
     calls = {c[0] for c in pipe.method_calls}
     assert calls == {called}
     if called == "to":
-        pipe.to.assert_called_once_with("cuda")
+        pipe.to.assert_called_once_with("cuda:0")
+    else:
+        getattr(pipe, called).assert_called_once_with(gpu_id=0)
+
+
+def test_placement_uses_the_managers_own_gpu_and_low_memory_mode_tiles_the_vae(registry, tiny_cache):
+    """--gpus: the manager of GPU 1 puts its pipelines there; after an out-of-memory error
+    (low_memory) even a pipeline that fits is offloaded and decodes in tiles."""
+    from dataclasses import replace
+    from unittest.mock import MagicMock
+
+    m = ModelManager(registry, cache_dir=tiny_cache, probe=lambda: replace(GPU_24GB, index=1))
+    pipe = MagicMock()
+    m._place(pipe, registry.get("sdxl-base"))
+    pipe.to.assert_called_once_with("cuda:1")
+    pipe.vae.enable_tiling.assert_not_called()
+    m.low_memory = True
+    pipe = MagicMock()
+    m._place(pipe, registry.get("sdxl-base"))
+    pipe.enable_model_cpu_offload.assert_called_once_with(gpu_id=1)
+    pipe.vae.enable_tiling.assert_called_once_with()
+    pipe.vae.enable_slicing.assert_called_once_with()

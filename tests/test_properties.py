@@ -16,7 +16,10 @@ from studio import presets as P
 from studio.fields import check_value, defaults, specs
 from studio.tasks import TASKS
 
-SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Derandomized: CI runs the same examples every time (a red CI must mean a change broke something);
+# raise max_examples or drop derandomize locally to search further.
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 # Any JSON-like value, with what hostile callers send: NaN, huge ints, NUL and lone surrogates.
 SCALARS = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-(10**400), max_value=10**400)

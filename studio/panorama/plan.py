@@ -150,7 +150,7 @@ def cap(sign: int, fov: float, below: list[View]) -> list[View]:
     pole = View(0.0, sign * 90.0, fov)
     sphere = Sphere().add(below)
     hemisphere = sorted((0.0, sign * 90.0))
-    if painted_share(pole, below) >= MIN_OVERLAP and sphere.gap([pole], *hemisphere) <= GAP_TOLERANCE:
+    if painted_share(pole, below) >= MIN_OVERLAP and sphere.gap([pole], *hemisphere) <= GAP_TOLERANCE / 4:
         return [pole]
     step = (1 - MIN_OVERLAP) * fov  # the furthest apart two rows may be, in pitch
     top = 90.0 - step
@@ -162,7 +162,9 @@ def cap(sign: int, fov: float, below: list[View]) -> list[View]:
         band = sorted((0.0, sign * 90.0 if last else pitch))
         for count in range(3, MAX_VIEWS):
             ring_views = [View(wrap_yaw(360.0 * j / count), pitch, fov) for j in range(count)]
-            if sphere.gap(ring_views + last, *band) <= GAP_TOLERANCE:
+            # A quarter of the tolerance per band: the bands' slivers add up, and check_plan
+            # measures the whole sphere (on the canvas's own grid)
+            if sphere.gap(ring_views + last, *band) <= GAP_TOLERANCE / 4:
                 break
         sphere.add(ring_views)
         views += ring_views
