@@ -14,7 +14,6 @@ job runs again with its lightest settings. A second failure is reported plainly.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import logging
 import threading
@@ -40,9 +39,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def lighter(request: Any) -> Any:
     """The same job with settings that need less memory and give the same images: an upscale's
     patches one at a time (patch batching changes speed, not pixels)."""
-    if getattr(request, "patch_batch", 1) > 1:
-        return dataclasses.replace(request, patch_batch=1)
-    return request
+    return request.replace(patch_batch=1) if getattr(request, "patch_batch", 1) > 1 else request
 
 
 def run_with_recovery(run: Callable[..., Any], request: Any, manager: Any, on_step: Any = None) -> Any:
@@ -125,8 +122,8 @@ class DevicePool:
 @contextlib.contextmanager
 def pinned(manager: Any) -> Iterator[None]:
     """Make "cuda" mean the manager's GPU in this thread, for code that names no index."""
-    info = getattr(manager, "device_info", None)  # test doubles of the manager may have none
-    if info is None or info.device != "cuda":
+    info = manager.device_info
+    if info.device != "cuda":
         yield
         return
     import torch

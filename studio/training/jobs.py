@@ -19,7 +19,6 @@ photos, captions and config, which continues from its newest complete checkpoint
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import shutil
 import threading
@@ -29,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from studio.deploy import on_zero_gpu
 from studio.loras import CROSS_ATTN_KEY, DOWN_KEY, LoraLibrary, check_name, read_safetensors_header
 from studio.models.pool import pinned
 from studio.outputs import save_png
@@ -56,11 +56,6 @@ RESUMABLE = ("interrupted", "stopped")  # a run in these states can be trained o
 ZERO_GPU_NOTICE = ("Training needs a dedicated GPU: this Space runs on ZeroGPU, which lends a GPU for a few seconds "
                    "per call, not for a training run. Duplicate the Space on dedicated GPU hardware, or run Studio "
                    "on your own machine, to train; LoRA files can still be added to the library below.")
-
-
-def on_zero_gpu() -> bool:
-    """Whether this is a Hugging Face ZeroGPU Space (which sets SPACES_ZERO_GPU)."""
-    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
 
 
 @dataclass

@@ -16,9 +16,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from studio.deploy import on_zero_gpu
 from studio.images import open_image
 from studio.training.config import MAX_IMAGES, MIN_IMAGES
-from studio.training.jobs import ACTIVE, RESUMABLE, ZERO_GPU_NOTICE, TrainingJobs, on_zero_gpu
+from studio.training.jobs import ACTIVE, RESUMABLE, ZERO_GPU_NOTICE, TrainingJobs
 from studio.ui.lora_picker import library_records
 from studio.ui.tab import status_html
 from studio.ui.train_settings import advanced_settings, api_order, basic_settings, make_job, named_handler
