@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 
 from studio.deploy import data_defaults, use_persistent_hub_cache
+from studio.owners import MODES
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -50,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
                    help="ask for this login before anything is shown or served; repeat for more users")
     p.add_argument("--auth-file", type=Path, default=None, metavar="PATH",
                    help="file of logins, one USER:PASSWORD a line (keeps passwords out of the process list)")
+    p.add_argument("--user-data", choices=MODES, default="auto",
+                   help="saved presets and training runs: 'shared' by everyone who opens Studio, or 'private' to "
+                   "each login or browser (default auto: private when served beyond this machine or with --auth)")
     p.add_argument("--max-file-size", default="200mb", metavar="SIZE",
                    help="largest upload, e.g. 200mb (default: enough for a 67-megapixel image), 64kb, 1gb")
     return p, p.parse_args(argv)
@@ -60,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     from studio.models.manager import ModelManager, probe_device
     from studio.models.pool import DevicePool, parse_gpus
     from studio.models.registry import DEFAULT_REGISTRY, load_registry
-    from studio.serve import exposure_warning, launch_options
+    from studio.owners import Owners, is_private
+    from studio.serve import exposure_warning, is_loopback, launch_options
     from studio.ui import build_app
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -84,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         serving = launch_options(args, served=[outputs, ASSETS])  # only these two folders
     except ValueError as exc:
         parser.error(str(exc))
+    exposed = args.share or not is_loopback(args.host)
+    owners = Owners(private=is_private(args.user_data, exposed, serving["auth"] is not None))
     warning = exposure_warning(args.host, args.share, serving["auth"] is not None)
     if warning:
         logging.getLogger("studio").warning(warning)
@@ -103,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         each.lora_dir = args.lora_dir.resolve()
         each.upscale_max_pixels = args.upscale_max_pixels
     demo = build_app(manager, default_model=model, outputs_dir=outputs, user_presets=args.user_presets.resolve(),
-                     notice=notice, lora_dir=args.lora_dir.resolve(), devices=devices)
+                     notice=notice, lora_dir=args.lora_dir.resolve(), devices=devices,
+                     owners=owners)
     # One bounded queue: past --queue-size waiting jobs a new one is refused ("the queue is full")
     # instead of piling up without end on a busy Space.
     demo.queue(default_concurrency_limit=1, max_size=args.queue_size).launch(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -122,4 +123,18 @@ def app(tmp_path_factory, tiny_cache):
     """A running Studio with the tiny model: (url, outputs folder)."""
     proc, url, outputs = start_app(tmp_path_factory.mktemp("app"), tiny_cache, "--model", "tiny")
     yield url, outputs
+    stop_app(proc)
+
+
+@pytest.fixture(scope="session")
+def private_app(tmp_path_factory, tiny_cache):
+    """A Studio whose visitors each have their own presets and runs (--user-data private), with a
+    valid preset in its presets folder itself, which no visitor should see: (url, tmp folder)."""
+    tmp = tmp_path_factory.mktemp("private-app")
+    (tmp / "presets").mkdir()
+    (tmp / "presets" / "Admin look.json").write_text(json.dumps(
+        {"schema_version": 1, "name": "Admin look", "model": "tiny", "txt2img": {"num_inference_steps": 3}}))
+    proc, url, _ = start_app(tmp, tiny_cache, "--model", "tiny", "--user-data", "private",
+                             "--lora-dir", str(tmp / "loras"), "--user-presets", str(tmp / "presets"))
+    yield url, tmp
     stop_app(proc)

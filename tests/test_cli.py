@@ -19,7 +19,7 @@ def test_every_option_has_help():
 
     parser, _ = parse_args([])
     options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
-    assert len(options) == 16
+    assert len(options) == 17
     assert all(a.help and len(a.help) > 15 for a in options), [a.dest for a in options if not a.help]
     assert "port to listen on" in run_app("--help").stdout
 

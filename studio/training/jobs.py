@@ -5,7 +5,9 @@ Each job runs `lora_train.train` in a thread of its own. The GPU is shared throu
 exclusive lease, so a job queues behind running generations and they queue behind it. A finished
 LoRA goes into the library under its name.
 
-A run lives in <runs_dir>/<name>/ and outlives the process that started it:
+A run lives in <runs_dir>/<name>/, or <runs_dir>/<owner>/<name>/ when each visitor has their own
+(studio.owners; every method takes the caller's `owner`, None when shared), and outlives the
+process that started it:
   images/0000.png …             the photos as PNGs we encoded (never the uploaded files)
   job.json                      config, captions and the run's state; rewritten atomically when the
                                 state changes, at checkpoints and at samples (not every step)
@@ -31,6 +33,7 @@ from typing import Any
 from studio.deploy import on_zero_gpu
 from studio.loras import CROSS_ATTN_KEY, DOWN_KEY, LoraLibrary, check_name, read_safetensors_header
 from studio.models.pool import pinned
+from studio.owners import Owners
 from studio.outputs import save_png
 from studio.results import StepEvent
 from studio.training.config import TrainConfig
@@ -100,21 +103,23 @@ class TrainingJobs:
         self._records: dict[str, JobRecord] = {}
         self._saved: dict[str, dict] = {}  # job id -> what job.json keeps besides the record: config, captions
         self._stops: dict[str, threading.Event] = {}
+        self._owners: dict[str, str | None] = {}  # job id -> whose run folder it writes
         self._lock = threading.Lock()
         self._mark_interrupted()
 
     # -- starting, following and stopping jobs
 
-    def start(self, config: TrainConfig, images: Sequence[Any], captions: Sequence[str | None] | None = None) -> str:
+    def start(self, config: TrainConfig, images: Sequence[Any], captions: Sequence[str | None] | None = None,
+              owner: str | None = None) -> str:
         """Check the settings, save the photos, captions and config in the run folder, then start
         training in the background; returns the job id."""
         # 1. Check inputs before any GPU work: a bad setting is an error now, not a failed job later
         self._check(config, images, captions)
         # 2. One job per name at a time: two would write the same run folder
-        job_id = self._claim(config, captions, len(images))
+        job_id = self._claim(config, captions, len(images), owner)
         # 3. The photos and the record on disk, so that a restart can resume the run
         try:
-            save_images(self.run_dir(config.name), images)
+            save_images(self.run_dir(config.name, owner), images)
             self._save(job_id)
         except BaseException:
             self._forget(job_id)
@@ -139,20 +144,24 @@ class TrainingJobs:
 
     # -- runs on disk: listing, resuming, discarding
 
-    def run_dir(self, name: str) -> Path:
-        """The run folder of `name`; refuses names (or links) that would lead outside runs_dir."""
-        path = self.runs_dir / check_name(name)
-        if path.resolve().parent != self.runs_dir.resolve():
+    def run_dir(self, name: str, owner: str | None = None) -> Path:
+        """The run folder of `name`; refuses names (or links) that would lead outside the owner's runs folder."""
+        base = Owners.folder(self.runs_dir, owner)
+        path = base / check_name(name)
+        if path.resolve().parent != base.resolve():
+            if owner is not None:  # a visitor is not shown the server's folders
+                raise ValueError(f"run {name!r} resolves outside your runs folder")
             raise ValueError(f"run {name!r} resolves to {path.resolve()}, outside the runs folder {self.runs_dir}")
         return path
 
-    def runs(self) -> list[dict]:
-        """Every run with a record on disk, newest first: name, model, state, step, total, updated,
-        and the job_id of this process's job while one trains it."""
+    def runs(self, owner: str | None = None) -> list[dict]:
+        """Every run of `owner` with a record on disk, newest first: name, model, state, step, total,
+        updated, and the job_id of this process's job while one trains it."""
         with self._lock:
-            active = {r.name: asdict(r) for r in self._records.values() if r.state in ACTIVE}
-        found = []
-        for path in self.runs_dir.glob(f"*/{RECORD_FILE}") if self.runs_dir.is_dir() else []:
+            active = {r.name: asdict(r) for job_id, r in self._records.items()
+                      if r.state in ACTIVE and self._owners.get(job_id) == owner}
+        base, found = Owners.folder(self.runs_dir, owner), []
+        for path in base.glob(f"*/{RECORD_FILE}") if base.is_dir() else []:
             try:
                 saved = read_record(path.parent)
             except ValueError as exc:
@@ -164,10 +173,10 @@ class TrainingJobs:
                           "job_id": current.get("job_id")})
         return sorted(found, key=lambda run: run["updated"], reverse=True)
 
-    def resume(self, name: str) -> str:
+    def resume(self, name: str, owner: str | None = None) -> str:
         """Train an interrupted or stopped run again from its saved photos, captions and config;
         the trainer continues from its newest complete checkpoint. Returns the new job's id."""
-        run_dir = self.run_dir(name)
+        run_dir = self.run_dir(name, owner)
         saved = read_record(run_dir)
         if saved["state"] not in RESUMABLE:
             raise ValueError(f"run {name!r} is {saved['state']}; only an interrupted or stopped run can be resumed")
@@ -177,7 +186,7 @@ class TrainingJobs:
                              f"has {len(images)}")
         self._check(config, images, captions)
         done = checkpoint_step(run_dir)
-        job_id = self._claim(config, captions, len(images))
+        job_id = self._claim(config, captions, len(images), owner)
         # what the page shows until the trainer reports: the checkpoint's step, losses and the last samples
         samples = [str(run_dir / p) for p in saved["samples"] if (run_dir / p).is_file()]
         self._update(job_id, step=done, losses=saved["losses"][:done], samples=samples,
@@ -190,12 +199,13 @@ class TrainingJobs:
         self._launch(job_id, config, images, captions)
         return job_id
 
-    def discard(self, name: str) -> None:
+    def discard(self, name: str, owner: str | None = None) -> None:
         """Delete run `name`'s folder (photos, checkpoints, samples); its LoRA, if any, stays in the library."""
-        run_dir = self.run_dir(name)
+        run_dir = self.run_dir(name, owner)
         read_record(run_dir)  # only a run folder, never another one that happens to sit in runs_dir
         with self._lock:  # held while deleting, so that no job can claim the name meanwhile
-            busy = [r for r in self._records.values() if r.name == name and r.state in ACTIVE]
+            busy = [r for job_id, r in self._records.items()
+                    if r.name == name and r.state in ACTIVE and self._owners.get(job_id) == owner]
             if busy:
                 raise ValueError(f"run {name!r} is being trained by job {busy[0].job_id}; stop it first")
             shutil.rmtree(run_dir)
@@ -225,23 +235,31 @@ class TrainingJobs:
         if captions is not None and len(captions) != len(images):
             raise ValueError(f"captions must be one per image ({len(images)}), got {len(captions)}")
 
-    def _claim(self, config: TrainConfig, captions: Sequence[str | None] | None, num_images: int) -> str:
+    def _claim(self, config: TrainConfig, captions: Sequence[str | None] | None, num_images: int,
+               owner: str | None) -> str:
         """A new job's record, unless another job trains the same name; returns its id."""
         job_id = secrets.token_hex(8)
+        # The library is one for all: a visitor may not overwrite a LoRA their own runs did not make
+        if owner is not None and self.library.path(config.name).exists() and not self.run_dir(config.name, owner).is_dir():
+            raise ValueError(f"a LoRA named {config.name!r} is already in the library; pick another name")
         with self._lock:
-            busy = [r for r in self._records.values() if r.name == config.name and r.state in ACTIVE]
-            if busy:
-                raise ValueError(f"name {config.name!r} is being trained by job {busy[0].job_id}; stop it or pick another name")
+            busy = [(i, r) for i, r in self._records.items() if r.name == config.name and r.state in ACTIVE]
+            if busy:  # one LoRA name, one job at a time; another visitor's job id is not theirs to see
+                other = busy[0][0]
+                if self._owners.get(other) != owner:
+                    raise ValueError(f"name {config.name!r} is being trained by someone else; pick another name")
+                raise ValueError(f"name {config.name!r} is being trained by job {other}; stop it or pick another name")
             self._records[job_id] = JobRecord(job_id, config.name, config.model, total=config.max_train_steps,
                                               sample_prompt=sample_prompt(config))
             self._saved[job_id] = {"config": asdict(config), "captions": None if captions is None else list(captions),
                                    "images": num_images}
             self._stops[job_id] = threading.Event()
+            self._owners[job_id] = owner
         return job_id
 
     def _forget(self, job_id: str) -> None:
         with self._lock:
-            for table in (self._records, self._saved, self._stops):
+            for table in (self._records, self._saved, self._stops, self._owners):
                 table.pop(job_id, None)
 
     def _launch(self, job_id: str, config: TrainConfig, images: list, captions: Sequence[str | None] | None) -> None:
@@ -258,8 +276,8 @@ class TrainingJobs:
         """Write the job's record, with `changes`, as <run>/job.json (config, captions, state; sample
         paths relative to the run folder)."""
         with self._lock:
-            record, saved = {**asdict(self._records[job_id]), **changes}, self._saved[job_id]
-        run_dir = self.run_dir(record["name"])
+            record, saved, owner = {**asdict(self._records[job_id]), **changes}, self._saved[job_id], self._owners[job_id]
+        run_dir = self.run_dir(record["name"], owner)
         run_dir.mkdir(parents=True, exist_ok=True)
         data = {**{k: record[k] for k in SAVED_FIELDS}, **saved, "updated": now_text(),
                 "samples": [str(Path(p).relative_to(run_dir)) for p in record["samples"]]}
@@ -268,7 +286,8 @@ class TrainingJobs:
     def _mark_interrupted(self) -> None:
         """Runs whose record says queued or running were cut short when the last process ended (no
         job of this new one has them): mark them interrupted at their newest complete checkpoint."""
-        for path in self.runs_dir.glob(f"*/{RECORD_FILE}") if self.runs_dir.is_dir() else []:
+        shared, owned = (self.runs_dir.glob(f"{'*/' * depth}{RECORD_FILE}") for depth in (1, 2))
+        for path in [*shared, *owned] if self.runs_dir.is_dir() else []:
             try:
                 saved = read_record(path.parent)
                 if saved["state"] in ACTIVE:
@@ -281,7 +300,7 @@ class TrainingJobs:
 
     def _work(self, job_id: str, config: TrainConfig, images: list, captions: Sequence[str | None] | None) -> None:
         stop = self._stops[job_id]
-        run_dir = self.run_dir(config.name)
+        run_dir = self.run_dir(config.name, self._owners[job_id])
         first: list[tuple[int, float]] = []  # (step, time) of this session's first step, for the ETA
 
         def on_step(event: StepEvent) -> bool:

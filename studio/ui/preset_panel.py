@@ -13,12 +13,15 @@ from studio.tasks import task as task_named
 from studio.ui.presets import Filler, PresetStore
 
 
-def build_presets_panel(demo: gr.Blocks, filler: Filler, store: PresetStore, active: gr.State) -> None:
-    registry = filler.registry
+def build_presets_panel(demo: gr.Blocks, filler: Filler, store: PresetStore, active: gr.State, loaded: Any) -> None:
+    """`loaded`: the page-load event that tells `store.owners` whose page it is; the picker then lists
+    that visitor's presets."""
+    registry, owners = filler.registry, store.owners
     inputs = filler.inputs
 
     with gr.Row(equal_height=True):
-        picker = gr.Dropdown(store.names(), value=None, label="Preset", elem_id="preset-picker", scale=4)
+        # Before the page is known: every saved preset when shared, the shipped ones when private
+        picker = gr.Dropdown(store.names() if not owners.private else sorted(P.list_presets(store.shipped_dir)), value=None, label="Preset", elem_id="preset-picker", scale=4)
         upload = gr.UploadButton("Import preset", file_types=[".json"], elem_id="import-preset", scale=1)
         export = gr.Button("Export preset", elem_id="export-preset", scale=1)
         share = gr.Button("Share link", elem_id="share-preset", scale=1)
@@ -39,11 +42,11 @@ def build_presets_panel(demo: gr.Blocks, filler: Filler, store: PresetStore, act
     def apply(preset: P.PresetBase, current: tuple, message: str) -> list:
         return filler.fill(current, preset.task, preset.settings(), message)
 
-    def pick(name, *current):
+    def pick(request: gr.Request, name, *current):
         if not name:
             return filler.unchanged()
         try:
-            preset = store.get(name)
+            preset = store.get(name, owners.of(request))
         except ValueError as exc:
             raise gr.Error(str(exc), print_exception=False) from exc
         return apply(preset, current, f"Applied preset **{preset.name}**. {preset.description}")
@@ -56,22 +59,25 @@ def build_presets_panel(demo: gr.Blocks, filler: Filler, store: PresetStore, act
         request.validate(registry, inputs=False)
         return P.preset_from_request(request, name=name, author="", include_prompts=include)
 
-    def save_current(name, include, task_name, *current):
+    def save_current(request: gr.Request, name, include, task_name, *current):
+        owner = owners.of(request)
         try:
             path = store.save(current_preset(current, task_name, name.strip() if isinstance(name, str) else name,
-                                             include))
+                                             include), owner=owner)
         except (ValueError, TypeError) as exc:
             raise gr.Error(f"Preset not saved: {exc}", print_exception=False) from exc
-        return gr.update(choices=store.names(), value=None), f"Saved preset **{path.stem}** to `{path}`."
+        where = f" to `{path}`" if owner is None else ""  # a visitor is not shown the server's folders
+        return gr.update(choices=store.names(owner), value=None), f"Saved preset **{path.stem}**{where}."
 
-    def import_file(file, *current):
+    def import_file(request: gr.Request, file, *current):
+        owner = owners.of(request)
         try:
             preset = P.load_preset(Path(file), registry)
-            store.save(preset)
+            store.save(preset, owner=owner)
         except (ValueError, OSError) as exc:
             raise gr.Error(f"Preset not imported: {exc}", print_exception=False) from exc
         return [*apply(preset, current, f"Imported and applied preset **{preset.name}**."),
-                gr.update(choices=store.names(), value=None)]
+                gr.update(choices=store.names(owner), value=None)]
 
     def export_current(task_name, *current):
         try:
@@ -102,6 +108,9 @@ def build_presets_panel(demo: gr.Blocks, filler: Filler, store: PresetStore, act
             return [*filler.unchanged()[:-1], f"The link's preset was not applied: {exc}"]
         return apply(preset, current, f"Applied the shared preset **{preset.name}**.")
 
+    def own_presets(request: gr.Request):  # once the page's owner is known
+        return gr.update(choices=store.names(owners.of(request)))
+
     def forget_pick():  # settings edited by hand: the picker no longer names what is shown
         return gr.update(value=None)
 
@@ -114,6 +123,7 @@ def build_presets_panel(demo: gr.Blocks, filler: Filler, store: PresetStore, act
     export.click(export_current, [active, *inputs], [exported, tools], **private)
     share.click(share_link, [active, *inputs], [link, tools], **private)
     demo.load(from_link, inputs, outputs, **private)
+    loaded.then(own_presets, None, picker, queue=False, **private)
     gr.on([w.input for w in inputs], forget_pick, None, picker, queue=False, **private)
 
 

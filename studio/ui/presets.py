@@ -16,36 +16,47 @@ import gradio as gr
 from studio import presets as P
 from studio.fields import specs
 from studio.metadata import read_png_settings
+from studio.owners import Owners
 from studio.tasks import task as task_named
 from studio.ui.tab import Tab, bucket_table
 from studio.ui.widgets import parse
 
 
 class PresetStore:
-    """Shipped presets plus the user's folder (which wins on equal names)."""
+    """Shipped presets plus the user's folder (which wins on equal names). `owner` (studio.owners)
+    picks the user's folder: the folder itself when presets are shared, else the owner's own."""
 
-    def __init__(self, registry: Any, user_dir: Path, shipped_dir: Path = P.SHIPPED_DIR):
+    def __init__(self, registry: Any, user_dir: Path, shipped_dir: Path = P.SHIPPED_DIR, owners: Any = None):
         self.registry, self.user_dir, self.shipped_dir = registry, Path(user_dir), Path(shipped_dir)
+        self.owners = owners or Owners()
 
-    def names(self) -> list[str]:
-        return sorted(P.list_presets(self.shipped_dir, self.user_dir))
+    def folder(self, owner: str | None = None) -> Path:
+        return self.owners.folder(self.user_dir, owner)
 
-    def get(self, name: str) -> P.PresetBase:
-        path = P.list_presets(self.shipped_dir, self.user_dir).get(name) if isinstance(name, str) else None
+    def paths(self, owner: str | None = None) -> dict[str, Path]:
+        return P.list_presets(self.shipped_dir, self.folder(owner))
+
+    def names(self, owner: str | None = None) -> list[str]:
+        return sorted(self.paths(owner))
+
+    def get(self, name: str, owner: str | None = None) -> P.PresetBase:
+        path = self.paths(owner).get(name) if isinstance(name, str) else None
         if path is None:
-            raise ValueError(f"unknown preset {name!r:.100}; expected one of {self.names()}")
+            raise ValueError(f"unknown preset {name!r:.100}; expected one of {self.names(owner)}")
         return P.load_preset(path, self.registry)
 
-    def save(self, preset: P.PresetBase, overwrite: bool = False) -> Path:
-        path = P.preset_path(self.user_dir, preset.name)
+    def save(self, preset: P.PresetBase, overwrite: bool = False, owner: str | None = None) -> Path:
+        folder = self.folder(owner)
+        path = P.preset_path(folder, preset.name)
         if path.exists() and not overwrite:
-            raise ValueError(f"a preset named {preset.name!r} already exists in {self.user_dir}; pick another name")
-        return P.save_preset(preset, self.user_dir)
+            where = f" in {folder}" if owner is None else ""  # a visitor is not shown the server's folders
+            raise ValueError(f"a preset named {preset.name!r} already exists{where}; pick another name")
+        return P.save_preset(preset, folder)
 
-    def resolve(self, preset: str) -> P.PresetBase:
+    def resolve(self, preset: str, owner: str | None = None) -> P.PresetBase:
         """A preset given by name, or as JSON text."""
         text = preset.strip() if isinstance(preset, str) else ""
-        return P.parse_preset(text, self.registry) if text.startswith("{") else self.get(preset)
+        return P.parse_preset(text, self.registry) if text.startswith("{") else self.get(preset, owner)
 
 
 def nearest_bucket(entry: Any, width: Any, height: Any) -> tuple[int, int]:
@@ -126,30 +137,30 @@ def build_preset_api(store: PresetStore) -> None:
     """Public endpoints: /presets, /preset and /apply_preset."""
     registry = store.registry
 
-    def presets() -> list[dict]:
+    def presets(request: gr.Request) -> list[dict]:
         """Every preset: name, task, description, model, and whether it ships with Studio or is the user's."""
-        out = []
-        for name, path in P.list_presets(store.shipped_dir, store.user_dir).items():
+        owner, out = store.owners.of(request), []
+        for name, path in store.paths(owner).items():
             try:
-                p = store.get(name)
+                p = store.get(name, owner)
             except ValueError:
                 continue  # a broken file in the user's folder is skipped, not fatal for the list
-            source = "user" if path.parent.resolve() == store.user_dir.resolve() else "shipped"
+            source = "user" if path.parent.resolve() == store.folder(owner).resolve() else "shipped"
             out.append({"name": p.name, "task": p.task, "description": p.description, "model": p.model,
                         "source": source})
         return sorted(out, key=lambda p: p["name"])
 
-    def preset(name: str) -> dict:
+    def preset(name: str, request: gr.Request) -> dict:
         """The preset called `name`, as its JSON document."""
         try:
-            return store.get(name).model_dump()
+            return store.get(name, store.owners.of(request)).model_dump()
         except ValueError as exc:
             raise gr.Error(str(exc), print_exception=False) from exc
 
-    def apply_preset(preset: str) -> dict:
+    def apply_preset(preset: str, request: gr.Request) -> dict:
         """The full settings a preset (a name, or preset JSON text) fills in, ready for its task's endpoint."""
         try:
-            request = P.preset_request(store.resolve(preset), registry)
+            request = P.preset_request(store.resolve(preset, store.owners.of(request)), registry)
             request.validate(registry, inputs=False)
             return request.record()
         except (ValueError, TypeError) as exc:

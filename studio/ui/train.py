@@ -79,7 +79,9 @@ def library_table(jobs: TrainingJobs) -> pd.DataFrame:
     return table.rename(columns=dict(zip(LORA_COLUMNS, LORA_HEADERS)))
 
 
-def build_train_tab(jobs: TrainingJobs, registry: Any, default_model: str) -> None:
+def build_train_tab(jobs: TrainingJobs, registry: Any, default_model: str, owners: Any, loaded: Any) -> None:
+    """`owners` (studio.owners.Owners) says whose runs a request sees; `loaded` is the page-load event
+    that tells it whose page this is."""
     models = trainable_models(registry)
     gr.Markdown(f"Teach a model one subject from {MIN_IMAGES}-{MAX_IMAGES} photos of it. The result is a LoRA "
                 "in the library: pick it under the LoRAs box of any tab, and put the trigger word in the prompt.")
@@ -118,10 +120,10 @@ def build_train_tab(jobs: TrainingJobs, registry: Any, default_model: str) -> No
     timer = gr.Timer(2.0)
 
     # -- the API
-    def train_lora(values: dict) -> str:
+    def train_lora(values: dict, request: gr.Request) -> str:
         try:
             config, photos, captions = make_job(values)
-            return jobs.start(config, photos, captions)
+            return jobs.start(config, photos, captions, owners.of(request))
         except ValueError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
 
@@ -134,19 +136,19 @@ def build_train_tab(jobs: TrainingJobs, registry: Any, default_model: str) -> No
         """Stop a job at its next step; it keeps a checkpoint, so /resume_training continues it later."""
         api_call(jobs.stop, job_id)
 
-    def training_runs() -> list[dict]:
-        """Every run on disk, newest first: name, model, state (also "interrupted": cut short when Studio
+    def training_runs(request: gr.Request) -> list[dict]:
+        """Your runs on disk, newest first: name, model, state (also "interrupted": cut short when Studio
         closed), step, total, updated, and job_id while this Studio trains it."""
-        return jobs.runs()
+        return jobs.runs(owners.of(request))
 
-    def resume_training(name: str) -> str:
+    def resume_training(name: str, request: gr.Request) -> str:
         """Train an interrupted or stopped run again from its saved photos and settings, from its last
         checkpoint; returns the job id for /train_status."""
-        return api_call(jobs.resume, name)
+        return api_call(jobs.resume, name, owners.of(request))
 
-    def discard_training_run(name: str) -> None:
+    def discard_training_run(name: str, request: gr.Request) -> None:
         """Delete a run's folder (photos, checkpoints, samples); a finished LoRA stays in the library."""
-        api_call(jobs.discard, name)
+        api_call(jobs.discard, name, owners.of(request))
 
     def list_loras() -> list[dict]:
         """The LoRA library: name, trigger word, base model, rank, steps and date of each LoRA."""
@@ -165,9 +167,9 @@ def build_train_tab(jobs: TrainingJobs, registry: Any, default_model: str) -> No
     # -- the page: errors are a message in the status line
     private = dict(api_visibility="private", queue=False, show_progress="hidden")
 
-    def runs_notice(selected: str | None = None) -> list:
-        """Updates for [notice, notice_text, run_choice]: the unfinished runs, `selected` first shown."""
-        runs = [r for r in jobs.runs() if r["state"] in RESUMABLE]
+    def runs_notice(owner: str | None, selected: str | None = None) -> list:
+        """Updates for [notice, notice_text, run_choice]: `owner`'s unfinished runs, `selected` first shown."""
+        runs = [r for r in jobs.runs(owner) if r["state"] in RESUMABLE]
         if not runs:
             return [gr.update(visible=False), "", gr.update(choices=[], value=None, visible=False)]
         run = next((r for r in runs if r["name"] == selected), runs[0])
@@ -178,34 +180,40 @@ def build_train_tab(jobs: TrainingJobs, registry: Any, default_model: str) -> No
         """Updates for [job_id, status, sample_box, plot] when the page follows a new job."""
         return [new_job, status_html(text, "waiting"), gr.update(visible=False), loss_frame(None)]
 
-    def on_train(*values):
+    def on_train(request: gr.Request, *values):
         try:
             config, photos, captions = make_job(dict(zip(names, values)))
-            new_job = jobs.start(config, photos, captions)
+            new_job = jobs.start(config, photos, captions, owners.of(request))
         except ValueError as exc:
             return gr.skip(), status_html(str(exc), "error"), gr.skip(), gr.skip()
         return follow(new_job, "Starting…")
 
-    def on_resume(name: str | None):
+    def on_resume(request: gr.Request, name: str | None):
+        owner = owners.of(request)
         try:
-            new_job = jobs.resume(name or "")
+            new_job = jobs.resume(name or "", owner)
         except ValueError as exc:
-            return [gr.skip(), status_html(str(exc), "error"), gr.skip(), gr.skip(), *runs_notice(name)]
-        return [*follow(new_job, f"Resuming '{name}'…"), *runs_notice()]
+            return [gr.skip(), status_html(str(exc), "error"), gr.skip(), gr.skip(), *runs_notice(owner, name)]
+        return [*follow(new_job, f"Resuming '{name}'…"), *runs_notice(owner)]
 
-    def on_discard(name: str | None):
+    def on_discard(request: gr.Request, name: str | None):
+        owner = owners.of(request)
         try:
-            jobs.discard(name or "")
+            jobs.discard(name or "", owner)
         except ValueError as exc:
-            return [status_html(str(exc), "error"), *runs_notice(name)]
-        return [status_html(f"Discarded the run '{name}'.", "info"), *runs_notice()]
+            return [status_html(str(exc), "error"), *runs_notice(owner, name)]
+        return [status_html(f"Discarded the run '{name}'.", "info"), *runs_notice(owner)]
 
-    def on_load():
-        """A page opened while a run trains follows it; unfinished runs are offered to resume."""
-        active = [r["job_id"] for r in jobs.runs() if r["job_id"]]
-        return [active[0] if active else gr.skip(), *runs_notice()]
+    def on_load(request: gr.Request):
+        """A page opened while one of its owner's runs trains follows it; unfinished runs are offered to resume."""
+        owner = owners.of(request)
+        active = [r["job_id"] for r in jobs.runs(owner) if r["job_id"]]
+        return [active[0] if active else gr.skip(), *runs_notice(owner)]
 
-    def on_tick(current: str, done_shown: str, samples_seen: str):
+    def pick_run(request: gr.Request, name: str | None):
+        return runs_notice(owners.of(request), name)
+
+    def on_tick(request: gr.Request, current: str, done_shown: str, samples_seen: str):
         skip = [gr.skip()] * 9
         if not current:
             return skip
@@ -224,7 +232,7 @@ def build_train_tab(jobs: TrainingJobs, registry: Any, default_model: str) -> No
                               f"Samples at step {record['sample_step']}, prompt: *{record['sample_prompt']}*", seen]
         else:
             sample_updates = [gr.skip()] * 4
-        end = [library_table(jobs), current, *runs_notice()] if finished else [gr.skip()] * 5
+        end = [library_table(jobs), current, *runs_notice(owners.of(request))] if finished else [gr.skip()] * 5
         return [html, loss_frame(record), *sample_updates, *end]
 
     notice_parts = [notice, notice_text, run_choice]
@@ -233,8 +241,8 @@ def build_train_tab(jobs: TrainingJobs, registry: Any, default_model: str) -> No
     stop_button.click(lambda current: jobs.stop(current) if current else None, job_id, None, **private)
     resume_button.click(on_resume, run_choice, [*follows, *notice_parts], **private)
     discard_button.click(on_discard, run_choice, [status, *notice_parts], **private)
-    run_choice.input(runs_notice, run_choice, notice_parts, **private)
-    gr.on(None, on_load, None, [job_id, *notice_parts], **private)  # no triggers, no inputs: when the page loads
+    run_choice.input(pick_run, run_choice, notice_parts, **private)
+    loaded.then(on_load, None, [job_id, *notice_parts], **private)  # once the page's owner is known
     timer.tick(on_tick, [job_id, shown, shown_samples],
                [status, plot, sample_box, samples, sample_caption, shown_samples, loras, shown, *notice_parts],
                **private)

@@ -149,12 +149,15 @@ def api_order(basic: dict[str, Any], advanced: dict[str, Any]) -> dict[str, Any]
     return {name: widgets[name] for name in [*first, *(n for n in widgets if n not in first)]}
 
 
-def named_handler(fn: Callable[[dict[str, Any]], Any], names: list[str], api_name: str, doc: str) -> Callable:
-    """`fn(values: dict)` as a Gradio handler whose parameters are `names`: the API's keywords."""
-    def handler(*values):
-        return fn(dict(zip(names, values)))
+def named_handler(fn: Callable[[dict[str, Any], Any], Any], names: list[str], api_name: str, doc: str) -> Callable:
+    """`fn(values: dict, request)` as a Gradio handler whose parameters are `names`: the API's keywords."""
+    def handler(*args):
+        *values, request = args
+        return fn(dict(zip(names, values)), request)
 
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    handler.__signature__ = inspect.Signature([inspect.Parameter(n, kind) for n in names])
+    handler.__signature__ = inspect.Signature([inspect.Parameter(n, kind) for n in names]
+                                              + [inspect.Parameter("request", kind, default=None, annotation=gr.Request)])
+    handler.__annotations__ = {"request": gr.Request}
     handler.__name__, handler.__doc__ = api_name, doc
     return handler
