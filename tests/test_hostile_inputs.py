@@ -5,8 +5,7 @@ and afterwards the app answers as before (same pixels for the same seed, same li
 Most calls go through gradio_client. It cannot send NaN, Infinity or a lone surrogate (its JSON
 encoder refuses them), so those go as raw JSON through Gradio's REST route (/gradio_api/call/...).
 A few values never reach Studio: Gradio itself checks a file parameter's shape (a number where an
-upload goes) and preprocesses /train_lora's number boxes and dropdowns; those messages are
-Gradio's, and the table says what they contain.
+upload goes); those messages are Gradio's, and the table says what they contain.
 """
 
 from __future__ import annotations
@@ -70,10 +69,8 @@ NAMELESS = ("/train_status", "/stop_training", "/resume_training", "/discard_tra
 
 # Refused by Gradio before Studio sees the value: its messages, which it also logs with a traceback.
 GRADIO_IMAGE = "validation error for ImageData"  # an upload's shape (a number where a file goes)
-GRADIO_FILES = "validation error for ListFiles"
-GRADIO_NUMBER = "index 3 (a `number` component)"  # /train_lora's number boxes preprocess their values
-GRADIO_CHOICE = "sgd is not in the list of choices"  # ... and its dropdowns
-GRADIO = (GRADIO_IMAGE, GRADIO_FILES, GRADIO_NUMBER, GRADIO_CHOICE)
+GRADIO_FILES = "validation error for ListFiles"  # ... and a list of files' shape
+GRADIO = (GRADIO_IMAGE, GRADIO_FILES)
 
 MB_PROMPT = "x" * 1_000_000
 DEEP_JSON = '{"schema_version": 2, "name": "deep", "txt2img": ' + "[" * 50_000 + "]" * 50_000 + "}"
@@ -162,9 +159,11 @@ CASES = [
     *field_cases("/train_lora", "learning_rate", [0, "x", 10**400], "learning_rate"),
     *field_cases("/train_lora", "seed", [-1], "seed"),
     *field_cases("/train_lora", "min_snr_gamma", ["x", "-1"], "min_snr_gamma"),
-    ("/train_lora", "max_train_steps", "many", GRADIO_NUMBER),
-    ("/train_lora", "optimizer", "sgd", GRADIO_CHOICE),
+    ("/train_lora", "max_train_steps", "many", "max_train_steps must be an integer in [1, 20000], got 'many'"),
+    ("/train_lora", "optimizer", "sgd", "optimizer must be one of 'adamw', 'prodigy', got 'sgd'"),
+    ("/train_lora", "model", "controlnet-depth-sdxl", "model must be a full base model, got 'controlnet-depth-sdxl'"),
     ("/train_lora", "images", 5, GRADIO_FILES),
+    ("/train_lora", "captions", 7, "captions must be text, one caption a line, got 7"),
     ("/train_lora", "images", [File("notes.png"), GOOD, GOOD], "images: notes.png: not an image"),
     # --- names and ids --------------------------------------------------------------------------
     *[(api, "name", v, "name") for api in ("/resume_training", "/discard_training_run")

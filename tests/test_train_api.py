@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,7 +84,8 @@ def test_a_tiny_run_trains_and_lands_in_the_library(studio, photos):
     ({"trigger_word": ""}, 3, "trigger_word must be 1 to 64 characters"),
     ({"name": "../escape"}, 3, "name must be a plain file name, got '../escape'"),
     ({"name": "a b"}, 3, "LoRA name must be"),
-    ({"model": "controlnet-depth-sdxl"}, 3, "controlnet-depth-sdxl is not in the list of choices"),
+    ({"model": "controlnet-depth-sdxl"}, 3, "model must be a full base model, got 'controlnet-depth-sdxl'"),
+    ({"max_train_steps": "many"}, 3, "max_train_steps must be an integer in [1, 20000], got 'many'"),
 ])
 def test_bad_settings_are_clear_errors_and_start_no_job(studio, photos, overrides, count, message):
     from gradio_client.exceptions import AppError
@@ -149,7 +151,7 @@ def test_the_advanced_keywords_train_with_samples_and_the_run_is_listed(studio, 
     ({"sample_every": 0}, "sample_every must be an integer in [1, 20000], got 0"),
     ({"gradient_accumulation": 0}, "gradient_accumulation must be an integer in [1, 64], got 0"),
     ({"min_snr_gamma": "-1"}, "min_snr_gamma must be a positive number or None, got -1.0"),
-    ({"optimizer": "sgd"}, "sgd is not in the list of choices"),
+    ({"optimizer": "sgd"}, "optimizer must be one of 'adamw', 'prodigy', got 'sgd'"),
     ({"class_prompt": "a photo of a dog", "num_class_images": 0}, "num_class_images"),
     ({"train_text_encoder": True, "text_encoder_lr": -1}, "text_encoder_lr"),
 ])
@@ -304,17 +306,30 @@ def page_values(**changes) -> dict:
 
 
 def test_the_page_values_make_the_config(tmp_path):
+    import tempfile
+
+    from gradio.utils import get_upload_folder
+
     from studio.training.config import TrainConfig
     from studio.ui.train_settings import make_job
 
-    paths = []
-    for i, image in enumerate(blank_photos()):
-        paths.append(str(tmp_path / f"{i}.png"))
-        image.save(paths[-1])
-    config, photos, captions = make_job(page_values(images=paths, captions="a dog\n", max_train_steps=6.0,
-                                                    min_snr_gamma=" ", name="mine"))
+    folder = Path(get_upload_folder())  # the page's photos are uploads, and only uploads are read
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as uploads:
+        paths = []
+        for i, image in enumerate(blank_photos()):
+            paths.append(str(Path(uploads) / f"{i}.png"))
+            image.save(paths[-1])
+        config, photos, captions = make_job(page_values(images=paths, captions="a dog\n", max_train_steps=6.0,
+                                                        min_snr_gamma=" ", name="mine"))
+        with pytest.raises(ValueError, match="images must be a file uploaded to this app"):
+            (tmp_path / "0.png").write_bytes(Path(paths[0]).read_bytes())
+            make_job(page_values(images=[str(tmp_path / "0.png"), *paths[1:]]))
     assert config == TrainConfig(model="tiny", trigger_word="sks", name="mine", max_train_steps=6, min_snr_gamma=None)
     assert isinstance(config.max_train_steps, int) and len(photos) == 3 and captions == ["a dog", None, None]
+    # What an API caller may send raw: numbers as text are read as numbers
+    config, _, _ = make_job(page_values(images=None, max_train_steps="6", learning_rate="2e-4", name="mine"))
+    assert config.max_train_steps == 6 and config.learning_rate == 2e-4
 
 
 def test_the_runs_notice_says_where_a_run_stopped_and_why():

@@ -227,11 +227,12 @@ class TrainingJobs:
     def _check(self, config: TrainConfig, images: Sequence[Any], captions: Sequence[str | None] | None) -> None:
         if on_zero_gpu():
             raise ValueError(ZERO_GPU_NOTICE)
-        config.validate(len(images))
+        config.validate()
         check_name(config.name)  # the library's rule, stricter than the run folder's
         entry = self.manager.registry.get(config.model)
         if entry.role != "base" or entry.lora is not None:
             raise ValueError(f"model must be a full base model, got {config.model!r}")
+        config.validate(len(images))  # the photo count last: a bad setting is named even without photos
         if captions is not None and len(captions) != len(images):
             raise ValueError(f"captions must be one per image ({len(images)}), got {len(captions)}")
 

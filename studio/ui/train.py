@@ -159,7 +159,8 @@ def build_train_tab(jobs: TrainingJobs, registry: Any, default_model: str, owner
     api_button.click(named_handler(train_lora, names, "train_lora",
                                    f"Start training a LoRA on {MIN_IMAGES}-{MAX_IMAGES} photos in the background; "
                                    "returns the job id for /train_status."),
-                     list(settings.values()), api_job, api_name="train_lora", show_progress="hidden")
+                     list(settings.values()), api_job, api_name="train_lora", show_progress="hidden",
+                     preprocess=False)  # raw values reach validation, whose errors name the field
     for fn in (train_status, stop_training, training_runs, resume_training, discard_training_run):
         gr.api(fn, api_name=fn.__name__, queue=False)
     gr.api(list_loras, api_name="loras", queue=False)

@@ -17,6 +17,7 @@ import gradio as gr
 
 from studio.images import open_image
 from studio.training.config import MAX_IMAGES, MIN_IMAGES, TrainConfig
+from studio.ui.tab import upload_path
 from studio.ui.widgets import integral, optional_number
 
 DEFAULTS = TrainConfig(model="", trigger_word="")  # the page's defaults are the config's
@@ -26,6 +27,7 @@ OPTIMIZERS = [("AdamW", "adamw"), ("Prodigy", "prodigy")]
 OPTIMIZER_LR = {"adamw": DEFAULTS.learning_rate, "prodigy": 1.0}
 INTEGERS = ("max_train_steps", "rank", "seed", "batch_size", "sample_every", "num_samples", "checkpoint_every",
             "num_class_images", "gradient_accumulation")
+FLOATS = ("learning_rate", "text_encoder_lr", "prior_loss_weight")
 
 
 def open_images(paths: list[str] | None) -> list:
@@ -42,6 +44,8 @@ def open_images(paths: list[str] | None) -> list:
 def parse_captions(text: str | None, count: int) -> list[str | None] | None:
     """One caption per line, matched to the `count` photos by order; an empty or missing line
     keeps the instance prompt, and more lines than photos are an error."""
+    if text is not None and not isinstance(text, str):
+        raise ValueError(f"captions must be text, one caption a line, got {text!r:.100}")
     if not text or not text.strip():
         return None
     lines = [line.strip() or None for line in text.rstrip().splitlines()]
@@ -51,15 +55,26 @@ def parse_captions(text: str | None, count: int) -> list[str | None] | None:
 
 
 def make_job(values: dict[str, Any]) -> tuple[TrainConfig, list, list[str | None] | None]:
-    """(config, photos, captions) from the settings' raw values; ValueError names what is wrong."""
-    photos = open_images(values["images"])
+    """(config, photos, captions) from the settings' values, as the page's widgets give them or raw
+    as an API caller sent them; ValueError names what is wrong."""
+    photos = open_images(upload_paths(values["images"]))
     captions = parse_captions(values["captions"], len(photos))
     settings = {k: v for k, v in values.items() if k not in ("images", "captions")}
     settings["trigger_word"] = settings["trigger_word"] or ""
     settings["min_snr_gamma"] = optional_number(settings["min_snr_gamma"])  # empty: plain MSE
-    for name in INTEGERS:
-        settings[name] = integral(settings[name])
+    for name in (*INTEGERS, *FLOATS):  # "4" and 4.0 are 4; the rest is refused by validation, by name
+        settings[name] = integral(optional_number(settings[name]))
     return TrainConfig(**settings), photos, captions
+
+
+def upload_paths(files: Any) -> list[str]:
+    """The photos' paths from a list of uploads (FileData dicts from an API caller, paths from the
+    page), each inside Gradio's upload folder (studio.ui.tab.upload_path)."""
+    if files is None:
+        return []
+    if not isinstance(files, list):
+        raise ValueError(f"images must be a list of uploaded image files, got {files!r:.100}")
+    return [upload_path(f, "images") for f in files]
 
 
 def basic_settings(models: list[str], default_model: str) -> dict[str, Any]:
