@@ -107,9 +107,11 @@ def launch_options(args: Any, served: list[Path]) -> dict[str, Any]:
     private = [lora_dir, lora_dir.parent / "training", args.user_presets, args.cache_dir]
     from starlette.middleware import Middleware
 
+    from studio.late_cancel import LateCancel
     from studio.urlguard import NoUrlFetch
 
     return dict(server_name=args.host, server_port=args.port, share=args.share,
                 auth=read_accounts(args.auth, args.auth_file), max_file_size=max_file_size,
                 allowed_paths=[str(Path(s).resolve()) for s in served], blocked_paths=private_paths(private, served),
-                app_kwargs={"middleware": [Middleware(NoUrlFetch)]})  # no server-side fetch of users' URLs
+                # No server-side fetch of users' URLs; an API job cancelled before its caller knew its id never runs.
+                app_kwargs={"middleware": [Middleware(NoUrlFetch), Middleware(LateCancel)]})

@@ -8,15 +8,14 @@ again with a Stop that lands between two of its events, as a Stop click does, an
 (c) the next job of that kind runs normally: the same seed gives the reference's pixels (losses);
 (d) memory is back at its baseline: no tensor other than the loaded models' weights, and no image,
     outlives the stopped job;
-(e) nothing half made is saved: no file in the outputs folder, an empty scratch folder.
+(e) nothing is saved: no file in the outputs folder, an empty scratch folder.
 Generations run as the page runs them (ui/jobs.stream_job in a thread, then the tab's saver only
-when a result comes back); training runs through TrainingJobs, as the Train tab does.
+when a whole result comes back; tests/test_cancel_queued.py drives the page's own handler); training runs through TrainingJobs, as the Train tab does.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import threading
 import time
 import weakref
@@ -113,14 +112,15 @@ def join_threads(prefix: str) -> None:
 
 @dataclass
 class PageRun:
-    paths: list[Path] | None  # what the tab's saver wrote; None when the job raised Stopped
+    paths: list[Path] | None  # what the tab's saver wrote; None when the job was stopped
     stopped: str | None  # the Stopped message
+    reached: tuple[int, int, bool] | None  # a result's (steps done, steps planned, interrupted)
     after: list[tuple[int, str | None]]  # (step, detail) of the events after the Stop was asked
 
 
 def page_job(request, manager, outputs: Path, counts=lambda event: True, stop_after: int | None = None) -> PageRun:
     """Run `request` as a tab's Generate does (studio/ui/generate.py on_page): in stream_job's thread,
-    then the tab's saver only if a result came back. With `stop_after`, the Stop flag is set right
+    then the tab's saver only if a whole result came back (a stopped one is shown, never saved). With `stop_after`, the Stop flag is set right
     after the `stop_after`-th event that `counts`, so the job meets it at its next event."""
     flag, events, asked = threading.Event(), [], []
     task = TASKS[request.TASK]
@@ -145,9 +145,10 @@ def page_job(request, manager, outputs: Path, counts=lambda event: True, stop_af
     except Stopped as exc:
         stopped = str(exc)
     join_threads(f"job-{request.TASK}")
-    paths = SAVERS[request.TASK](result, outputs) if result is not None else None
+    paths = SAVERS[request.TASK](result, outputs) if result is not None and not result.interrupted else None
     after = [(e.step, e.detail) for e in events[asked[0]:]] if asked else []
-    return PageRun(paths, stopped, after)  # not the events: their previews hold the latents
+    reached = None if result is None else (result.steps_done, result.total_steps, result.interrupted)
+    return PageRun(paths, stopped, reached, after)  # not the events: their previews hold the latents
 
 
 # -- the four jobs --------------------------------------------------------------------------------
@@ -178,12 +179,9 @@ def test_stop_text_to_image(models, tmp_path):
     kept = [Image.new("RGB", (64, 64)), torch.zeros(16)]  # ... which would see what a job leaves behind
     assert new_bytes(models, before) == 64 * 64 * 3 + 16 * 4
     del kept
-    # (e) A stopped generation returns the image it reached, and the page saves it as such: one whole
-    # PNG that says it was stopped at step 4 of 8; nothing half written beside it.
-    assert files(outputs) == stopped.paths and len(stopped.paths) == 1
-    with Image.open(stopped.paths[0]) as image:
-        chunk = json.loads(image.text["studio"])
-    assert (chunk["steps_done"], chunk["request"]["num_inference_steps"], chunk["interrupted"]) == (4, 8, True)
+    # (e) A stopped generation returns the image it reached (the page shows it) and saves nothing.
+    assert stopped.reached == (4, 8, True)
+    assert stopped.paths is None and files(outputs) == []
 
     again = page_job(request, models, tmp_path / "again")  # (c)
     assert np.array_equal(pixels(again.paths[0]), pixels(reference.paths[0]))

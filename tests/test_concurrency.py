@@ -86,3 +86,32 @@ def test_a_cancelled_api_job_gives_the_gpu_back_at_its_next_step(app, clients):
     time.sleep(1)  # the cancelled job's thread has ended by now: it saved nothing
     new = saved(outputs) - before
     assert [Image.open(p).text["parameters"].split("\n")[0] for p in new] == ["after the cancel"]
+
+
+def test_an_api_job_cancelled_while_queued_never_runs_and_the_next_one_does(app, clients):
+    """Two cancels while the GPU is busy: one at once after submitting (before the client knows the
+    job's id: Studio's LateCancel), one once it is known to be in line (Gradio takes it out of its queue)."""
+    from gradio_client.utils import Status
+
+    first, second = clients
+    _, outputs = app
+    before = saved(outputs)
+    a = long_job(first, seed=31)
+    wait_until_running(a)
+    small = dict(num_inference_steps=2, width=64, height=64, **TINY, api_name="/txt2img")
+    at_once = second.submit(prompt="cancelled at once", seed=32, **small)
+    at_once.cancel()
+    in_line = second.submit(prompt="cancelled in line", seed=33, **small)
+    deadline = time.monotonic() + 30
+    while (status := in_line.status()).code != Status.IN_QUEUE or status.rank is None:
+        assert time.monotonic() < deadline and not a.done(), f"never seen in the queue: {status}"
+        time.sleep(0.05)
+    in_line.cancel()
+    a.result(timeout=120)
+    start = time.monotonic()
+    _, seed, details = second.predict(prompt="after the cancels", seed=34, **small)
+    waited = time.monotonic() - start
+    assert seed == 34 and details["steps_done"] == 2 and waited < 8, f"the next job waited {waited:.1f} s"
+    time.sleep(0.5)
+    seeds = sorted(int(p.name.split("-")[1]) for p in saved(outputs) - before)
+    assert seeds == [31, 34], f"saved: {seeds}"  # neither cancelled job made anything

@@ -18,6 +18,7 @@ from typing import Any
 import gradio as gr
 
 from studio.deploy import gpu_entry, request_seconds
+from studio.late_cancel import cancelled_events
 from studio.models.manager import ModelUnavailable
 from studio.models.pool import OutOfMemory
 from studio.outputs import save_result_images
@@ -29,6 +30,29 @@ from studio.ui.widgets import api_function, api_order
 # The user's to fix: a message, not a traceback. So are a Stop pressed while the job still waited
 # for the GPU (it made nothing) and running out of GPU memory even after the low-memory retry.
 INPUT_ERRORS = (ValueError, ModelUnavailable, OutOfMemory)
+
+
+QUEUED = "Queued: the GPU is busy with another job; yours starts when it is free."
+NOT_RUN = "Stopped while it waited in the queue: it did not run; nothing was made."
+
+
+def stopped_text(result: Any, on_page: bool = True) -> str:
+    """What to say about a job stopped part-way: what it reached, and that nothing was saved."""
+    where = " The image stays here: download it from the gallery to keep it." if on_page else ""
+    return (f"Stopped after {result.steps_done} of {result.total_steps} steps; not saved.{where}")
+
+
+def was_cancelled(request: gr.Request | None) -> Callable[[], bool]:
+    """Whether the API caller has cancelled this queue event: its id, among those LateCancel
+    recorded. The event id is Gradio's context variable, set for the running handler (as Gradio's
+    own gr.Progress and gr.Info read it)."""
+    from gradio.context import LocalContext
+
+    event_id, app = LocalContext.event_id.get(None), getattr(request, "app", None)
+    if event_id is None or app is None:  # called outside a queue event
+        return lambda: False
+    events = cancelled_events(app)
+    return lambda: event_id in events
 
 
 def not_saved(exc: OSError, outputs_dir: Path, on_page: bool = True) -> str:
@@ -101,15 +125,13 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
         request.validate(manager.registry)
         return request
 
-    def on_page(data: dict, request: gr.Request):
-        # One dict of inputs (not *values): Gradio injects `request` only into named parameters.
-        session = job_key(request, task)
+    def run_page(data: dict, flag: Any):
+        """The page's job (on ZeroGPU, in `spaces`' worker: `flag` then stops it through its file)."""
         try:
             job = prepare(tab.read_page({name: data[w] for name, w in tab.page_inputs.items()}))
         except INPUT_ERRORS as exc:
             yield skip, skip, skip, status_html(str(exc), "error"), skip, *extra_skip
             return
-        flag = ctx.stops.start(session)
         result = None
         try:
             for kind, payload in stream_job(lambda job, _, on_step: run_job(job, on_step), job, None, flag):
@@ -129,8 +151,10 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
         except Stopped as exc:
             yield skip, skip, skip, status_html(str(exc), "stopped"), skip, *extra_skip
             return
-        finally:
-            ctx.stops.finish(session, flag)
+        if result.interrupted:  # stopped part-way: shown, so nothing is lost, but not saved nor in the history
+            yield (list(result.images), str(result.seed), result.summary(), status_html(stopped_text(result), "stopped"),
+                   skip, *extra_skip)
+            return
         try:
             paths = hooks.save(result, ctx.outputs_dir)
         except OSError as exc:  # the images stay on the page; nothing half-written stays on disk
@@ -138,14 +162,35 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
                    status_html(not_saved(exc, ctx.outputs_dir), "error"), skip, *extra_skip)
             return
         history = [*(data[ctx.history] or []), *((str(p), task.name) for p in paths[:len(result.images)])]
-        kind = "stopped" if result.interrupted else "done"
-        yield (gallery_items(paths, result), str(result.seed), result.summary(), status_html(result.status(), kind),
+        yield (gallery_items(paths, result), str(result.seed), result.summary(), status_html(result.status(), "done"),
                history, *hooks.page_values(paths, result))
+
+    # On a ZeroGPU Space each run borrows a GPU for the seconds its request needs (studio.deploy).
+    def page_request(data: dict, *_: Any) -> Any:
+        return prepare(tab.read_page({name: data[w] for name, w in tab.page_inputs.items()}))
+
+    page_job = gpu_entry(run_page, request_seconds(page_request))
+
+    def on_page(data: dict, request: gr.Request):
+        # One dict of inputs (not *values): Gradio injects `request` only into named parameters.
+        # The flag is taken here, in the server's process, where Stop sets it (not in ZeroGPU's worker).
+        session = job_key(request, task)
+        flag = ctx.stops.start(session)
+        try:
+            if flag.is_set():  # Stop was pressed while the job waited in the queue
+                yield skip, skip, skip, status_html(NOT_RUN, "stopped"), skip, *extra_skip
+                return
+            yield from page_job(data, flag)
+        finally:
+            ctx.stops.finish(session, flag)
 
     async def on_api(values: dict[str, Any], progress: gr.Progress, request: gr.Request):
         # A coroutine, so that a caller's cancel (gradio_client's `job.cancel()`) reaches the job:
-        # Gradio cancels the awaiting task, and the job's thread stops at its next step.
-        session = job_key(request, task)
+        # Gradio cancels the awaiting task, and the job's thread stops at its next step. A cancel
+        # sent before the caller knew the job's id reaches it through LateCancel instead.
+        session, cancelled = job_key(request, task), was_cancelled(request)
+        if cancelled():
+            raise gr.Error(NOT_RUN, print_exception=False)
         try:
             job = prepare(values)
         except INPUT_ERRORS as exc:
@@ -157,7 +202,7 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
                 progress(0.0, desc=event.message)
             else:
                 progress((event.step, event.total), desc=event.detail or "Denoising", unit="steps")
-            return flag.is_set()
+            return flag.is_set() or cancelled()
 
         try:
             result = await asyncio.to_thread(run_job, job, on_step)
@@ -168,6 +213,8 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
             raise
         finally:
             ctx.stops.finish(session, flag)
+        if result.interrupted:
+            raise gr.Error(stopped_text(result, on_page=False), print_exception=False)
         try:
             paths = await asyncio.to_thread(hooks.save, result, ctx.outputs_dir)
         except OSError as exc:
@@ -179,19 +226,18 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
     # the value, also for API callers that bypass the sliders.
     gpu = dict(**ctx.gpu_queue, preprocess=False)
 
-    # On a ZeroGPU Space each run borrows a GPU for the seconds its request needs (studio.deploy).
-    def page_request(data: dict, *_: Any) -> Any:
-        return prepare(tab.read_page({name: data[w] for name, w in tab.page_inputs.items()}))
-
     def api_request(*values: Any) -> Any:  # the fields by position, then request and progress
         return prepare(dict(zip(api_order(task.request), values)))
 
     # Said at once, outside the queue: a job queued behind another's would otherwise show nothing
-    # until its turn (Gradio's own "queue: k/n" sits at the status line's right edge).
-    generate.click(lambda: status_html("Queued: the GPU is busy with another job; yours starts when it is free.",
-                                       "waiting") if devices.busy else skip,
-                   None, status, queue=False, show_progress="hidden", api_visibility="private")
-    generate.click(gpu_entry(on_page, request_seconds(page_request)), {*tab.page_inputs.values(), ctx.history},
+    # until its turn (Gradio's own "queue: k/n" sits at the status line's right edge). It also
+    # makes the job's Stop flag now, so that a Stop pressed while the job waits reaches it.
+    def queued(request: gr.Request) -> Any:
+        ctx.stops.expect(job_key(request, task))
+        return status_html(QUEUED, "waiting") if devices.busy else skip
+
+    generate.click(queued, None, status, queue=False, show_progress="hidden", api_visibility="private")
+    generate.click(on_page, {*tab.page_inputs.values(), ctx.history},
                    [gallery, used_seed, details, status, ctx.history, *hooks.page_outputs],
                    show_progress="minimal", show_progress_on=status, api_visibility="private", **gpu)
     api_button = gr.Button(visible=False)
@@ -201,7 +247,8 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
     api_button.click(gpu_entry(api_function(on_api, task.request, doc), request_seconds(api_request)), api_inputs,
                      hooks.api_outputs, api_name=task.name, show_progress="hidden", **gpu)
 
-    def stop_job(request: gr.Request) -> None:
-        ctx.stops.stop(job_key(request, task))
+    def stop_job(request: gr.Request) -> Any:
+        flag = ctx.stops.stop(job_key(request, task))
+        return status_html(NOT_RUN, "stopped") if flag is not None and not flag.started else skip
 
-    stop.click(stop_job, inputs=None, outputs=None, queue=False, api_visibility="private")
+    stop.click(stop_job, inputs=None, outputs=status, queue=False, show_progress="hidden", api_visibility="private")
