@@ -241,7 +241,8 @@ class TrainingJobs:
         """A new job's record, unless another job trains the same name; returns its id."""
         job_id = secrets.token_hex(8)
         # The library is one for all: a visitor may not overwrite a LoRA their own runs did not make
-        if owner is not None and self.library.path(config.name).exists() and not self.run_dir(config.name, owner).is_dir():
+        taken = self.library.path(config.name).exists()
+        if owner is not None and taken and not self.run_dir(config.name, owner).is_dir():
             raise ValueError(f"a LoRA named {config.name!r} is already in the library; pick another name")
         with self._lock:
             busy = [(i, r) for i, r in self._records.items() if r.name == config.name and r.state in ACTIVE]
@@ -277,7 +278,8 @@ class TrainingJobs:
         """Write the job's record, with `changes`, as <run>/job.json (config, captions, state; sample
         paths relative to the run folder)."""
         with self._lock:
-            record, saved, owner = {**asdict(self._records[job_id]), **changes}, self._saved[job_id], self._owners[job_id]
+            record, saved = {**asdict(self._records[job_id]), **changes}, self._saved[job_id]
+            owner = self._owners[job_id]
         run_dir = self.run_dir(record["name"], owner)
         run_dir.mkdir(parents=True, exist_ok=True)
         data = {**{k: record[k] for k in SAVED_FIELDS}, **saved, "updated": now_text(),

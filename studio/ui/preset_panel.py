@@ -21,7 +21,8 @@ def build_presets_panel(demo: gr.Blocks, filler: Filler, store: PresetStore, act
 
     with gr.Row(equal_height=True):
         # Before the page is known: every saved preset when shared, the shipped ones when private
-        picker = gr.Dropdown(store.names() if not owners.private else sorted(P.list_presets(store.shipped_dir)), value=None, label="Preset", elem_id="preset-picker", scale=4)
+        first = store.names() if not owners.private else sorted(P.list_presets(store.shipped_dir))
+        picker = gr.Dropdown(first, value=None, label="Preset", elem_id="preset-picker", scale=4)
         upload = gr.UploadButton("Import preset", file_types=[".json"], elem_id="import-preset", scale=1)
         export = gr.Button("Export preset", elem_id="export-preset", scale=1)
         share = gr.Button("Share link", elem_id="share-preset", scale=1)
