@@ -78,6 +78,8 @@ def test_generate_shows_image_seed_and_saves_png(app, page, tmp_path):
     prompt.fill("a lighthouse at dawn")
     page.locator("#generate").click()
 
+    # The end of the job: before it the gallery may show a live preview of the denoising.
+    expect(page.locator("#status")).to_contain_text("Done", timeout=GENERATION_TIMEOUT_MS)
     img = page.locator("#gallery img").first
     expect(img).to_be_visible(timeout=GENERATION_TIMEOUT_MS)
     page.wait_for_function(

@@ -142,7 +142,7 @@ def preview_src(page):
 
 def wait_for_preview(page, expected, after: str | None = None) -> str:
     """Wait until the preview shows exactly the pixels `expected` (a newer src than `after`);
-    returns its src. Intermediate drafts may pass by (test_live_preview_shows_no_superseded_draft)."""
+    returns its src. Intermediate drafts may pass by (the live preview test checks that none is superseded)."""
     deadline = time.monotonic() + PREVIEW_TIMEOUT_S
     seen, last = after, "no preview image appeared"
     while True:
@@ -166,21 +166,14 @@ def wait_for_preview(page, expected, after: str | None = None) -> str:
 
 # --- tests ---------------------------------------------------------------------------------------
 
-def test_a_fresh_page_has_the_camera_off(app, page):
+def test_a_fresh_page_has_the_camera_off_and_its_summary_follows_lens_tilt_and_size(app, page):
     from playwright.sync_api import expect
 
     url, _ = app
-    page.goto(url)
-    expect(summary(page)).to_have_text("Camera off: plain text-to-image.")
-    for name in CAMERA_BOXES:
+    open_app(page, url)  # the summary says the camera is off ...
+    for name in CAMERA_BOXES:  # ... and every camera box is empty
         expect(camera_box(page, name), f"camera box {name!r}").to_have_value("", timeout=3_000)
 
-
-def test_camera_summary_follows_lens_tilt_and_size(app, page):
-    from playwright.sync_api import expect
-
-    url, _ = app
-    open_app(page, url)
     w, h = 256, 192
     set_number(page, "Width", w)
     set_number(page, "Height", h)
@@ -343,7 +336,7 @@ def drafts(app):
     return out
 
 
-def test_live_preview_draws_the_latest_prompt(app, page, drafts):
+def test_live_preview_draws_the_latest_prompt_and_no_superseded_draft(app, page, drafts):
     from playwright.sync_api import expect
 
     url, _ = app
@@ -358,28 +351,6 @@ def test_live_preview_draws_the_latest_prompt(app, page, drafts):
     caption = page.locator("#preview-caption")
     expect(caption).to_contain_text("Draft: tiny-fast, 1 step(s), 64×64, seed 0.")
     expect(caption).to_contain_text("Not saved")
-
-    prompt.press("End")
-    prompt.press_sequentially(SUFFIX, delay=30)  # faster than the debounce
-    final = wait_for_preview(page, drafts[FIRST + SUFFIX], after=first)
-    assert final != first
-    expect(caption).to_contain_text("Draft: tiny-fast, 1 step(s), 64×64, seed 0.")
-
-    page.locator("#live-preview input").uncheck()
-    expect(page.locator("#preview")).to_be_hidden()
-    assert page.page_errors == [], f"JavaScript errors on the page: {page.page_errors}"
-
-
-def test_live_preview_shows_no_superseded_draft(app, page, drafts):
-    from playwright.sync_api import expect
-
-    url, _ = app
-    open_app(page, url)
-    prompt = page.locator("#prompt textarea")
-    prompt.fill(FIRST)
-    page.locator("#live-preview input").check()
-    expect(page.locator("#preview")).to_be_visible()
-    first = wait_for_preview(page, drafts[FIRST])
     # Record every image the preview shows from now on.
     page.evaluate("""() => {
         window.previewSrcs = [];
@@ -389,8 +360,20 @@ def test_live_preview_shows_no_superseded_draft(app, page, drafts):
             if (src && src !== window.previewSrcs.at(-1)) window.previewSrcs.push(src);
         }).observe(box, {subtree: true, childList: true, attributes: true});
     }""")
+
     prompt.press("End")
-    prompt.press_sequentially(SUFFIX, delay=30)
+    prompt.press_sequentially(SUFFIX, delay=30)  # faster than the debounce
     final = wait_for_preview(page, drafts[FIRST + SUFFIX], after=first)
+    assert final != first
     shown = [s for s in page.evaluate("window.previewSrcs") if s != first]
     assert shown == [final], f"{len(shown)} drafts were shown for one burst of typing: {shown}"
+    expect(caption).to_contain_text("Draft: tiny-fast, 1 step(s), 64×64, seed 0.")
+
+    page.locator("#live-preview input").uncheck()
+    expect(page.locator("#preview")).to_be_hidden()
+    # Turned on with a prompt already written, the preview draws that prompt.
+    prompt.fill(FIRST)
+    page.locator("#live-preview input").check()
+    expect(page.locator("#preview")).to_be_visible()
+    wait_for_preview(page, drafts[FIRST], after=final)
+    assert page.page_errors == [], f"JavaScript errors on the page: {page.page_errors}"

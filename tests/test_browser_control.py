@@ -97,12 +97,19 @@ def test_preview_a_depth_hint_then_generate_with_it(app, page, scene):
     assert not page.page_errors
 
 
-def test_paint_a_mask_and_inpaint_only_there(app, page, scene):
+def test_an_empty_mask_is_a_message_then_paint_a_mask_and_inpaint_only_there(app, page, scene):
     from playwright.sync_api import expect
 
     url, outputs = app
     open_tab(page, url, "Inpaint")
     upload_to_editor(page, "inpaint-editor", scene)
+    # Nothing painted yet: a message, not a generation
+    before = output_pngs(outputs)
+    page.locator("#inpaint-generate").click()
+    expect(page.locator("#inpaint-status .status")).to_contain_text("Mask (mask) is empty",
+                                                                    timeout=GENERATION_TIMEOUT_MS)
+    assert output_pngs(outputs) == before
+
     canvas = page.locator("#inpaint-editor canvas").first
     box = canvas.bounding_box()
     # A short stroke near the middle of the picture (the brush is the editor's default tool)
@@ -128,19 +135,6 @@ def test_paint_a_mask_and_inpaint_only_there(app, page, scene):
     assert changed.mean() < 0.25
     assert not changed[:40, :40].any() and not changed[-40:, -40:].any() and not changed[100:160, 60:100].any()
     assert 60 < cols.mean() < 260 and 30 < rows.mean() < 200
-
-
-def test_an_empty_mask_is_a_message_not_a_generation(app, page, scene):
-    from playwright.sync_api import expect
-
-    url, outputs = app
-    open_tab(page, url, "Inpaint")
-    upload_to_editor(page, "inpaint-editor", scene)
-    before = output_pngs(outputs)
-    page.locator("#inpaint-generate").click()
-    expect(page.locator("#inpaint-status .status")).to_contain_text("Mask (mask) is empty",
-                                                                    timeout=GENERATION_TIMEOUT_MS)
-    assert output_pngs(outputs) == before
 
 
 def test_a_controlnet_png_restores_its_units_in_the_controlnet_tab(app, page, scene):

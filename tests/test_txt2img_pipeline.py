@@ -111,3 +111,17 @@ def test_bad_request_changes_nothing(manager):
     with pytest.raises(ValueError, match=r"Sampler \(scheduler\) must be one of"):
         run(Txt2ImgRequest(**BASE, scheduler="nope"), manager)
     assert manager.pipeline("tiny").scheduler is scheduler
+
+
+def test_every_aspect_bucket_of_every_tiny_model_generates_its_size(manager):
+    """The page's aspect buckets (test_browser_tabs checks that picking one sets the size), each
+    generated at its size by every tiny model."""
+    from studio.ui.tab import bucket_table
+
+    for model in ("tiny", "tiny-fast", "tiny-sd15"):
+        table = bucket_table(manager.registry.get(model))
+        assert len(table) == 9, (model, table)
+        for ratio, (w, h) in table.items():
+            result = run(Txt2ImgRequest(prompt="a field", model=model, width=w, height=h, num_inference_steps=1),
+                         manager)
+            assert [im.size for im in result.images] == [(w, h)], (model, ratio)
