@@ -45,7 +45,7 @@ def test_a_saved_preset_is_its_browsers_own_across_reloads(browser, private_app)
         alice.locator("#preset-tools").first.click()
         alice.locator("#preset-name textarea, #preset-name input").first.fill("Alice look")
         alice.locator("#save-preset").click()
-        expect(alice.locator("#preset-status")).to_have_text("Saved preset Alice look.")  # no server path
+        expect(alice.locator("#preset-status")).to_have_text("Saved preset Alice look (yours: other visitors do not see it).")  # no server path
         assert "Alice look" in dropdown_options(alice, "preset-picker")
         (saved,) = folder.glob("browser-*/Alice look.json")
 

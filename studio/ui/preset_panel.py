@@ -67,7 +67,8 @@ def build_presets_panel(demo: gr.Blocks, filler: Filler, store: PresetStore, act
                                              include), owner=owner)
         except (ValueError, TypeError) as exc:
             raise gr.Error(f"Preset not saved: {exc}", print_exception=False) from exc
-        where = f" to `{path}`" if owner is None else ""  # a visitor is not shown the server's folders
+        # a visitor is told it is theirs, not shown the server's folders
+        where = f" to `{path}`" if owner is None else " (yours: other visitors do not see it)"
         return gr.update(choices=store.names(owner), value=None), f"Saved preset **{path.stem}**{where}."
 
     def import_file(request: gr.Request, file, *current):
