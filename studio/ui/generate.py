@@ -230,8 +230,10 @@ def wire_generate(tab: Tab, ctx: AppContext, generate: gr.Button, stop: gr.Butto
         return prepare(dict(zip(api_order(task.request), values)))
 
     # Said at once, outside the queue: a job queued behind another's would otherwise show nothing
-    # until its turn (Gradio's own "queue: k/n" sits at the status line's right edge). It also
-    # makes the job's Stop flag now, so that a Stop pressed while the job waits reaches it.
+    # until its turn. Its place in line is Gradio's own "queue: k/n | eta" from the queue that
+    # holds the job, at the status line's right edge (show_progress="minimal" on `status`;
+    # assets/studio.css makes it paint), so no count of ours can drift from the real line. This
+    # also makes the job's Stop flag now, so that a Stop pressed while the job waits reaches it.
     def queued(request: gr.Request) -> Any:
         ctx.stops.expect(job_key(request, task))
         return status_html(QUEUED, "waiting") if devices.busy else skip
