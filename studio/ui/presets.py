@@ -160,9 +160,9 @@ def build_preset_api(store: PresetStore) -> None:
     def apply_preset(preset: str, request: gr.Request) -> dict:
         """The full settings a preset (a name, or preset JSON text) fills in, ready for its task's endpoint."""
         try:
-            request = P.preset_request(store.resolve(preset, store.owners.of(request)), registry)
-            request.validate(registry, inputs=False)
-            return request.record()
+            settings = P.preset_request(store.resolve(preset, store.owners.of(request)), registry)
+            settings.validate(registry, inputs=False)
+            return settings.record()
         except (ValueError, TypeError) as exc:
             raise gr.Error(f"Preset not applied: {exc}", print_exception=False) from exc
 
