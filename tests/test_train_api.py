@@ -349,3 +349,16 @@ def test_the_library_table_shows_short_dates():
 
     assert short_date("2026-11-30T12:15:06+00:00") == "2026-11-30 12:15"
     assert short_date("last spring") == "last spring" and short_date(None) is None
+
+
+def test_an_idle_pages_tick_answers_every_output(manager, tmp_path):
+    """The Train tab's 2 s timer with no job to follow skips each of its outputs (a shorter answer
+    is a Gradio error, logged on every tick of every idle page)."""
+    import gradio as gr
+
+    from studio.ui import build_app
+
+    demo = build_app(manager, "tiny", tmp_path / "outputs", tmp_path / "presets", lora_dir=tmp_path / "loras")
+    (tick,) = [fn for fn in demo.fns.values() if fn.fn.__name__ == "on_tick"]
+    answer = tick.fn(gr.Request(session_hash="idle"), "", "", "")
+    assert len(answer) == len(tick.outputs) == 11 and all(value == gr.skip() for value in answer)

@@ -215,7 +215,7 @@ def build_train_tab(jobs: TrainingJobs, registry: Any, default_model: str, owner
         return runs_notice(owners.of(request), name)
 
     def on_tick(request: gr.Request, current: str, done_shown: str, samples_seen: str):
-        skip = [gr.skip()] * 9
+        skip = [gr.skip()] * len(ticked)  # one per output: Gradio refuses a shorter answer
         if not current:
             return skip
         try:
@@ -244,9 +244,8 @@ def build_train_tab(jobs: TrainingJobs, registry: Any, default_model: str, owner
     discard_button.click(on_discard, run_choice, [status, *notice_parts], **private)
     run_choice.input(pick_run, run_choice, notice_parts, **private)
     loaded.then(on_load, None, [job_id, *notice_parts], **private)  # once the page's owner is known
-    timer.tick(on_tick, [job_id, shown, shown_samples],
-               [status, plot, sample_box, samples, sample_caption, shown_samples, loras, shown, *notice_parts],
-               **private)
+    ticked = [status, plot, sample_box, samples, sample_caption, shown_samples, loras, shown, *notice_parts]
+    timer.tick(on_tick, [job_id, shown, shown_samples], ticked, **private)
 
 
 def api_call(fn: Any, *args: Any) -> Any:
